@@ -1,0 +1,431 @@
+package discovery
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Scanner finds Intel GPUs below a sysfs root and checks their nodes below
+// a dev root. The zero value is not usable; build one with New.
+type Scanner struct {
+	sysfsRoot string
+	devRoot   string
+}
+
+// Option configures a Scanner.
+type Option func(*Scanner)
+
+// WithSysfsRoot sets where sysfs is mounted (default /sys).
+func WithSysfsRoot(root string) Option { return func(s *Scanner) { s.sysfsRoot = root } }
+
+// WithDevRoot sets where /dev is (default /dev).
+func WithDevRoot(root string) Option { return func(s *Scanner) { s.devRoot = root } }
+
+// New returns a Scanner over the given roots.
+func New(opts ...Option) *Scanner {
+	s := &Scanner{sysfsRoot: "/sys", devRoot: "/dev"}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// SysfsRoot returns the sysfs root the scanner reads.
+func (s *Scanner) SysfsRoot() string { return s.sysfsRoot }
+
+// DevRoot returns the dev root the scanner reads.
+func (s *Scanner) DevRoot() string { return s.devRoot }
+
+// DRIDir returns the directory that holds the DRM nodes: <dev-root>/dri.
+func (s *Scanner) DRIDir() string { return filepath.Join(s.devRoot, "dri") }
+
+// ClassDRMDir returns <sysfs-root>/class/drm.
+func (s *Scanner) ClassDRMDir() string { return filepath.Join(s.sysfsRoot, "class", "drm") }
+
+// errNotOurs marks a card that is not an Intel GPU on i915/xe.
+type errNotOurs struct{ reason string }
+
+func (e *errNotOurs) Error() string { return e.reason }
+
+func notOurs(format string, args ...any) error {
+	return &errNotOurs{reason: fmt.Sprintf(format, args...)}
+}
+
+// Scan lists every Intel GPU. It fails only when the DRM class directory
+// exists but cannot be read; a machine without one has no GPUs. A card that
+// cannot be read is skipped with a reason and never stops the scan.
+func (s *Scanner) Scan() (*Result, error) {
+	dir := s.ClassDRMDir()
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &Result{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading DRM class directory %s: %w", dir, err)
+	}
+
+	type card struct {
+		name  string
+		index int
+	}
+	cards := make([]card, 0, len(entries))
+	for _, e := range entries {
+		// Connectors (card0-DP-1), renderD*, controlD*, version and ttm are
+		// not cards; the parser takes only "card" followed by digits.
+		if n, ok := ParseCardName(e.Name()); ok {
+			cards = append(cards, card{e.Name(), n})
+		}
+	}
+	sort.Slice(cards, func(i, j int) bool { return cards[i].index < cards[j].index })
+
+	res := &Result{Devices: make([]Device, 0, len(cards))}
+	for _, c := range cards {
+		d, err := s.readCard(c.name, c.index)
+		var no *errNotOurs
+		switch {
+		case errors.As(err, &no):
+			res.Ignored = append(res.Ignored, Skip{Name: c.name, Reason: no.reason})
+		case err != nil:
+			res.Skipped = append(res.Skipped, Skip{Name: c.name, Reason: err.Error()})
+		default:
+			res.Devices = append(res.Devices, *d)
+		}
+	}
+	return res, nil
+}
+
+// readCard reads one class/drm/cardN entry.
+func (s *Scanner) readCard(name string, index int) (*Device, error) {
+	cardLink := filepath.Join(s.ClassDRMDir(), name)
+	cardDir, err := resolve(cardLink)
+	if err != nil {
+		return nil, err
+	}
+	fnDir, err := functionDir(cardDir)
+	if err != nil {
+		return nil, err
+	}
+
+	vendorPath := filepath.Join(fnDir, "vendor")
+	raw, err := readAttr(vendorPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, notOurs("not a PCI device: %s has no vendor file", fnDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	vendor, err := ParseHexID(raw, 4)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", vendorPath, err)
+	}
+	if vendor != IntelVendorID {
+		return nil, notOurs("vendor %s is not Intel", vendor)
+	}
+
+	addr := filepath.Base(fnDir)
+	if !IsPCIAddress(addr) {
+		return nil, notOurs("%s is not a PCI function", fnDir)
+	}
+
+	class, err := readHexAttr(filepath.Join(fnDir, "class"), 6)
+	if err != nil {
+		return nil, err
+	}
+	if !strings.HasPrefix(class, "0x03") {
+		return nil, notOurs("PCI class %s of %s is not a display controller", class, addr)
+	}
+
+	d := &Device{
+		Card:       name,
+		CardIndex:  index,
+		PCIAddress: addr,
+		VendorID:   vendor,
+		Class:      class,
+		NUMANode:   -1,
+		SRIOV:      SRIOV{Role: RoleNone},
+	}
+	if d.DeviceID, err = readHexAttr(filepath.Join(fnDir, "device"), 4); err != nil {
+		return nil, err
+	}
+
+	driverLink := filepath.Join(fnDir, "driver")
+	target, err := os.Readlink(driverLink)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// The card is still listed but no driver holds the function: the
+		// GPU is there and unusable until a driver binds again.
+	case err != nil:
+		return nil, fmt.Errorf("reading driver link %s: %w", driverLink, err)
+	default:
+		d.Driver = filepath.Base(target)
+		if d.Driver != DriverI915 && d.Driver != DriverXe {
+			return nil, notOurs("%s is bound to %s, not i915 or xe", addr, d.Driver)
+		}
+	}
+
+	if err := readNUMA(fnDir, d); err != nil {
+		return nil, err
+	}
+	if err := readSRIOV(fnDir, d); err != nil {
+		return nil, err
+	}
+
+	cardDev := filepath.Join(cardDir, "dev")
+	major, minor, err := readDevAttr(cardDev)
+	if err != nil {
+		return nil, err
+	}
+	d.CardNode = s.node(name, major, minor)
+
+	render, err := renderOf(fnDir)
+	if err != nil {
+		return nil, err
+	}
+	if render != "" {
+		major, minor, err := readDevAttr(filepath.Join(fnDir, "drm", render, "dev"))
+		if err != nil {
+			return nil, err
+		}
+		n := s.node(render, major, minor)
+		d.Render, d.RenderNode = render, &n
+	}
+
+	d.Ready, d.Reason = s.checkNodes(d)
+	if d.Ready {
+		d.ByPath = s.byPathLinks(d)
+	}
+	switch {
+	case d.Driver == "":
+		d.Reason = "no driver bound to " + addr
+	case d.Reason != "":
+	case d.SRIOV.Role == RolePF:
+		d.Reason = fmt.Sprintf("physical function with %d VFs enabled: its VFs are handed out instead", d.SRIOV.NumVFs)
+	}
+	return d, nil
+}
+
+// resolve follows the class/drm symlink to the card's directory in the
+// device tree. Symlink loops and vanished targets surface as errors.
+func resolve(link string) (string, error) {
+	p, err := filepath.EvalSymlinks(link)
+	if err != nil {
+		return "", fmt.Errorf("resolving %s: %w", link, err)
+	}
+	return p, nil
+}
+
+// functionDir returns the device directory that owns a card: the card
+// lives in <function>/drm/cardN, and its `device` link points there too.
+func functionDir(cardDir string) (string, error) {
+	if parent := filepath.Dir(cardDir); filepath.Base(parent) == "drm" {
+		return filepath.Dir(parent), nil
+	}
+	return resolve(filepath.Join(cardDir, "device"))
+}
+
+// renderOf finds the render node in the function's drm directory. Pairing
+// through the directory is what the kernel guarantees; minor arithmetic is
+// not (render minors are handed out in probe order).
+func renderOf(fnDir string) (string, error) {
+	dir := filepath.Join(fnDir, "drm")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if _, ok := ParseRenderName(e.Name()); ok {
+			return e.Name(), nil
+		}
+	}
+	return "", nil
+}
+
+func readNUMA(fnDir string, d *Device) error {
+	p := filepath.Join(fnDir, "numa_node")
+	raw, err := readAttr(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // kernels without NUMA support have no such file
+	}
+	if err != nil {
+		return err
+	}
+	if d.NUMANode, err = ParseNUMANode(raw); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	return nil
+}
+
+func readSRIOV(fnDir string, d *Device) error {
+	physfn := filepath.Join(fnDir, "physfn")
+	target, err := os.Readlink(physfn)
+	switch {
+	case err == nil:
+		pf := filepath.Base(target)
+		if !IsPCIAddress(pf) {
+			return fmt.Errorf("%s: link target %q is not a PCI function", physfn, target)
+		}
+		d.SRIOV = SRIOV{Role: RoleVF, PF: pf}
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("reading %s: %w", physfn, err)
+	}
+
+	total, err := readCount(filepath.Join(fnDir, "sriov_totalvfs"))
+	if err != nil {
+		return err
+	}
+	num, err := readCount(filepath.Join(fnDir, "sriov_numvfs"))
+	if err != nil {
+		return err
+	}
+	d.SRIOV.TotalVFs, d.SRIOV.NumVFs = total, num
+	if num > 0 {
+		d.SRIOV.Role = RolePF
+	}
+	return nil
+}
+
+// readCount reads an optional count attribute: absent is zero.
+func readCount(p string) (int, error) {
+	raw, err := readAttr(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n, err := ParseCount(raw)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", p, err)
+	}
+	return n, nil
+}
+
+func readHexAttr(p string, digits int) (string, error) {
+	raw, err := readAttr(p)
+	if err != nil {
+		return "", err
+	}
+	v, err := ParseHexID(raw, digits)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p, err)
+	}
+	return v, nil
+}
+
+func readDevAttr(p string) (uint32, uint32, error) {
+	raw, err := readAttr(p)
+	if err != nil {
+		return 0, 0, err
+	}
+	major, minor, err := ParseDevNumbers(raw)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", p, err)
+	}
+	return major, minor, nil
+}
+
+// maxAttr bounds what is read of one attribute; every attribute this
+// package reads is a few bytes.
+const maxAttr = 64
+
+// readAttr reads a small sysfs attribute. The error names the file and
+// keeps fs.ErrNotExist visible to errors.Is.
+func readAttr(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", p, err)
+	}
+	defer f.Close()
+	var buf [maxAttr + 1]byte
+	n, err := io.ReadFull(f, buf[:])
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+	case err != nil:
+		return "", fmt.Errorf("reading %s: %w", p, err)
+	default:
+		return "", fmt.Errorf("reading %s: longer than %d bytes", p, maxAttr)
+	}
+	return string(buf[:n]), nil
+}
+
+// node builds the Node for a DRM entry; HostPath is filled in by checkNodes.
+func (s *Scanner) node(name string, major, minor uint32) Node {
+	return Node{
+		Path:     "/dev/dri/" + name,
+		HostPath: filepath.Join(s.DRIDir(), name),
+		Major:    major,
+		Minor:    minor,
+	}
+}
+
+// checkNodes verifies that each node of d exists below the dev root as a
+// char device with the numbers sysfs gives, and points HostPath at the real
+// node when the dev-root entry is a symlink.
+func (s *Scanner) checkNodes(d *Device) (bool, string) {
+	if reason := checkNode(&d.CardNode); reason != "" {
+		return false, reason
+	}
+	if d.RenderNode != nil {
+		if reason := checkNode(d.RenderNode); reason != "" {
+			return false, reason
+		}
+	}
+	return true, ""
+}
+
+func checkNode(n *Node) string {
+	p := n.HostPath
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return fmt.Sprintf("device node %s: %v", p, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		real, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return fmt.Sprintf("device node %s: %v", p, err)
+		}
+		if err := unix.Stat(real, &st); err != nil {
+			return fmt.Sprintf("device node %s: %v", real, err)
+		}
+		p = real
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		return fmt.Sprintf("device node %s is not a char device", p)
+	}
+	if maj, min := unix.Major(st.Rdev), unix.Minor(st.Rdev); maj != n.Major || min != n.Minor {
+		return fmt.Sprintf("device node %s is %d:%d, sysfs says %d:%d", p, maj, min, n.Major, n.Minor)
+	}
+	n.HostPath = p
+	return ""
+}
+
+// byPathLinks returns the GPU's udev by-path links that exist and lead to
+// its own nodes (same char device numbers). Names are built exactly; a prefix match would let
+// 0000:00:02.0 claim the links of 0000:00:02.1's neighbours.
+func (s *Scanner) byPathLinks(d *Device) []Link {
+	var links []Link
+	for _, n := range d.Nodes() {
+		suffix := "-card"
+		if strings.HasPrefix(filepath.Base(n.Path), "renderD") {
+			suffix = "-render"
+		}
+		name := "pci-" + d.PCIAddress + suffix
+		host := filepath.Join(s.DRIDir(), "by-path", name)
+		var st unix.Stat_t
+		if unix.Stat(host, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR ||
+			unix.Major(st.Rdev) != n.Major || unix.Minor(st.Rdev) != n.Minor {
+			continue
+		}
+		links = append(links, Link{Path: "/dev/dri/by-path/" + name, HostPath: host})
+	}
+	return links
+}

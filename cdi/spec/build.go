@@ -1,0 +1,163 @@
+// Package spec turns discovered GPUs into a CDI spec and writes it so that a
+// runtime reading the spec directory never sees a partial file.
+package spec
+
+import (
+	"errors"
+	"fmt"
+
+	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
+	"tags.cncf.io/container-device-interface/pkg/parser"
+	specs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+)
+
+// Defaults for the spec kind.
+const (
+	DefaultVendor = "intel.com"
+	DefaultClass  = "gpu"
+	// AllDevice is the name of the device that holds every usable GPU.
+	AllDevice = "all"
+)
+
+// ErrNoDevices is returned when there is no usable GPU to put in a spec: a
+// CDI spec without devices is invalid.
+var ErrNoDevices = errors.New("no usable Intel GPU")
+
+// ByPath says which udev by-path links go into the spec.
+type ByPath string
+
+// By-path modes.
+const (
+	// ByPathSingle bind-mounts each GPU's own by-path links into containers
+	// that get that GPU.
+	ByPathSingle ByPath = "single"
+	// ByPathNone leaves the links out.
+	ByPathNone ByPath = "none"
+)
+
+// ParseByPath checks a --by-path value.
+func ParseByPath(s string) (ByPath, error) {
+	switch v := ByPath(s); v {
+	case ByPathSingle, ByPathNone:
+		return v, nil
+	}
+	return "", fmt.Errorf("invalid by-path mode %q: want %q or %q", s, ByPathSingle, ByPathNone)
+}
+
+// Builder builds CDI specs of one kind.
+type Builder struct {
+	vendor string
+	class  string
+	byPath ByPath
+}
+
+// Option configures a Builder.
+type Option func(*Builder)
+
+// WithVendor sets the vendor part of the kind (default intel.com).
+func WithVendor(v string) Option { return func(b *Builder) { b.vendor = v } }
+
+// WithClass sets the class part of the kind (default gpu).
+func WithClass(c string) Option { return func(b *Builder) { b.class = c } }
+
+// WithByPath sets which by-path links are mounted (default single).
+func WithByPath(m ByPath) Option { return func(b *Builder) { b.byPath = m } }
+
+// NewBuilder returns a Builder, or an error naming the vendor, class or
+// by-path value that CDI would not accept.
+func NewBuilder(opts ...Option) (*Builder, error) {
+	b := &Builder{vendor: DefaultVendor, class: DefaultClass, byPath: ByPathSingle}
+	for _, o := range opts {
+		o(b)
+	}
+	if err := parser.ValidateVendorName(b.vendor); err != nil {
+		return nil, fmt.Errorf("vendor %q: %w", b.vendor, err)
+	}
+	if err := parser.ValidateClassName(b.class); err != nil {
+		return nil, fmt.Errorf("class %q: %w", b.class, err)
+	}
+	if _, err := ParseByPath(string(b.byPath)); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Kind returns vendor/class, e.g. intel.com/gpu.
+func (b *Builder) Kind() string { return b.vendor + "/" + b.class }
+
+// QualifiedName returns the fully qualified CDI name of a device:
+// intel.com/gpu=card0.
+func (b *Builder) QualifiedName(device string) string {
+	return parser.QualifiedName(b.vendor, b.class, device)
+}
+
+// FileName returns the spec's base name without extension: intel.com-gpu.
+func (b *Builder) FileName() string { return cdiapi.GenerateSpecName(b.vendor, b.class) }
+
+// Names returns the CDI device names a GPU is known by: its card name and
+// its PCI address. The card name is convenient by hand; the PCI address is
+// stable across reboots and is what the kubelet plugin hands out.
+func Names(d *discovery.Device) []string { return []string{d.Card, d.PCIAddress} }
+
+// Build returns the spec for the usable devices in devs: two entries per
+// GPU (card name and PCI address) and "all". It returns ErrNoDevices when
+// none is usable. cdiVersion is the lowest that expresses the spec, so
+// older runtimes still read it.
+func (b *Builder) Build(devs []discovery.Device) (*specs.Spec, error) {
+	s := &specs.Spec{Kind: b.Kind()}
+	var all specs.ContainerEdits
+	for i := range devs {
+		d := &devs[i]
+		if !d.Usable() {
+			continue
+		}
+		edits := b.edits(d)
+		for _, name := range Names(d) {
+			s.Devices = append(s.Devices, specs.Device{Name: name, ContainerEdits: edits})
+		}
+		all.DeviceNodes = append(all.DeviceNodes, edits.DeviceNodes...)
+		all.Mounts = append(all.Mounts, edits.Mounts...)
+	}
+	if len(s.Devices) == 0 {
+		return nil, ErrNoDevices
+	}
+	s.Devices = append(s.Devices, specs.Device{Name: AllDevice, ContainerEdits: all})
+
+	v, err := specs.MinimumRequiredVersion(s)
+	if err != nil {
+		return nil, fmt.Errorf("computing cdiVersion: %w", err)
+	}
+	s.Version = v
+	return s, nil
+}
+
+// edits returns what a container needs for one GPU. Each device's slices
+// are its own so that a caller editing one device cannot change another.
+func (b *Builder) edits(d *discovery.Device) specs.ContainerEdits {
+	var e specs.ContainerEdits
+	for _, n := range d.Nodes() {
+		major, minor := int64(n.Major), int64(n.Minor)
+		e.DeviceNodes = append(e.DeviceNodes, &specs.DeviceNode{
+			Path:        n.Path,
+			HostPath:    n.HostPath,
+			Type:        "c",
+			Major:       major,
+			Minor:       minor,
+			Permissions: "rw",
+		})
+	}
+	if b.byPath == ByPathSingle {
+		// The CDI library refuses symlinks as device nodes, so the links
+		// go in as bind mounts of the nodes they name.
+		for _, l := range d.ByPath {
+			e.Mounts = append(e.Mounts, &specs.Mount{
+				HostPath:      l.HostPath,
+				ContainerPath: l.Path,
+				Options:       []string{"bind"},
+			})
+		}
+	}
+	return e
+}

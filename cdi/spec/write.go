@@ -1,0 +1,206 @@
+package spec
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
+	specs "tags.cncf.io/container-device-interface/specs-go"
+	"sigs.k8s.io/yaml"
+)
+
+// Format is a spec encoding.
+type Format string
+
+// Spec encodings.
+const (
+	FormatJSON Format = "json"
+	FormatYAML Format = "yaml"
+)
+
+// ParseFormat checks a --format value.
+func ParseFormat(s string) (Format, error) {
+	switch f := Format(strings.ToLower(s)); f {
+	case FormatJSON, FormatYAML:
+		return f, nil
+	case "yml":
+		return FormatYAML, nil
+	}
+	return "", fmt.Errorf("invalid spec format %q: want %q or %q", s, FormatJSON, FormatYAML)
+}
+
+// FormatFor picks the encoding: the explicit one when set, else the file's
+// extension, else YAML.
+func FormatFor(explicit, path string) (Format, error) {
+	if explicit != "" {
+		return ParseFormat(explicit)
+	}
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".json":
+		return FormatJSON, nil
+	}
+	return FormatYAML, nil
+}
+
+// Mode is the permission every spec file ends with: runtimes that run
+// rootless (podman, docker) must be able to read it.
+const Mode fs.FileMode = 0o644
+
+// dirMode is the permission of a spec directory this package creates.
+const dirMode fs.FileMode = 0o755
+
+// tempPrefix starts the name of every temporary file the writer makes, so
+// that leftovers of a killed writer can be found and removed.
+const tempPrefix = ".intel-gpu-cdi-"
+
+// Marshal encodes a spec.
+func Marshal(s *specs.Spec, f Format) ([]byte, error) {
+	var (
+		data []byte
+		err  error
+	)
+	switch f {
+	case FormatJSON:
+		data, err = json.MarshalIndent(s, "", "  ")
+		data = append(data, '\n')
+	case FormatYAML:
+		data, err = yaml.Marshal(s)
+	default:
+		return nil, fmt.Errorf("invalid spec format %q", f)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("encoding CDI spec %s: %w", s.Kind, err)
+	}
+	return data, nil
+}
+
+// Write validates the spec with the CDI library and writes it to path
+// atomically: a temporary file in the same directory, fsynced, made 0644,
+// validated by reading it back, then renamed over path. On any error path
+// is left as it was. The parent directory is created 0755 when missing.
+func Write(path string, s *specs.Spec, f Format) error {
+	data, err := Marshal(s, f)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, dirMode); err != nil {
+		return fmt.Errorf("creating CDI spec directory %s: %w", dir, err)
+	}
+	tmp, err := writeTemp(dir, filepath.Base(path), data)
+	if err != nil {
+		return err
+	}
+	if err := validateFile(tmp); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing CDI spec %s: %w", path, err)
+	}
+	// The rename is durable only once the directory entry is on disk.
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// Validate checks an encoded spec exactly as a runtime would read it: with
+// the CDI library's strict parser and validation. It needs a scratch file,
+// since the library validates only what it reads from disk.
+func Validate(data []byte) error {
+	tmp, err := writeTemp(os.TempDir(), "validate", data)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	return validateFile(tmp)
+}
+
+func validateFile(p string) error {
+	if _, err := cdiapi.ReadSpec(p, 0); err != nil {
+		return fmt.Errorf("CDI spec rejected by the CDI library: %w", err)
+	}
+	return nil
+}
+
+func writeTemp(dir, base string, data []byte) (string, error) {
+	f, err := os.CreateTemp(dir, tempPrefix+base+".*")
+	if err != nil {
+		return "", fmt.Errorf("creating temporary spec file in %s: %w", dir, err)
+	}
+	name := f.Name()
+	fail := func(err error) (string, error) {
+		f.Close()
+		os.Remove(name)
+		return "", fmt.Errorf("writing temporary spec file %s: %w", name, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fail(err)
+	}
+	if err := f.Chmod(Mode); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(name)
+		return "", fmt.Errorf("writing temporary spec file %s: %w", name, err)
+	}
+	return name, nil
+}
+
+// RemoveStale removes the spec at path if it is a spec of the given kind.
+// A missing file is not an error; a file of another kind, or one that is
+// not a CDI spec, is left alone and reported.
+func RemoveStale(path, kind string) (removed bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", path, err)
+	}
+	raw, err := cdiapi.ParseSpec(data)
+	if err != nil || raw == nil {
+		return false, fmt.Errorf("not removing %s: it is not a CDI spec", path)
+	}
+	if raw.Kind != kind {
+		return false, fmt.Errorf("not removing %s: it holds kind %q, not %q", path, raw.Kind, kind)
+	}
+	if err := os.Remove(path); err != nil {
+		return false, fmt.Errorf("removing stale spec %s: %w", path, err)
+	}
+	return true, nil
+}
+
+// CleanTemp removes temporary files a killed writer left in dir and
+// returns how many it removed. Only names this package creates are touched.
+func CleanTemp(dir string) (int, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading %s: %w", dir, err)
+	}
+	n := 0
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), tempPrefix) || !e.Type().IsRegular() {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return n, fmt.Errorf("removing leftover %s: %w", e.Name(), err)
+		}
+		n++
+	}
+	return n, nil
+}

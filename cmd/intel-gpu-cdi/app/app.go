@@ -1,0 +1,128 @@
+// Package app builds the intel-gpu-cdi command line: flags, environment
+// variables and the wiring of each subcommand. The work itself lives in the
+// cdi and kubeplugin packages.
+package app
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Version is set at build time with
+// -ldflags "-X github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app.Version=…".
+var Version = "dev"
+
+// EnvPrefix starts the environment variable of every flag.
+const EnvPrefix = "INTEL_GPU_CDI_"
+
+// env returns the environment variable that sets a flag: --sysfs-root is
+// INTEL_GPU_CDI_SYSFS_ROOT.
+func env(flag string) []string {
+	return []string{EnvPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
+}
+
+// New returns the intel-gpu-cdi application.
+func New() *cli.App {
+	return &cli.App{
+		Name:    "intel-gpu-cdi",
+		Usage:   "make Intel GPUs (i915, xe) usable from containers through CDI",
+		Version: Version,
+		Description: "list finds the Intel GPUs of this node, generate writes their CDI spec, " +
+			"plugin serves them to the kubelet as gpu.intel.com/i915 and gpu.intel.com/xe.",
+		EnableBashCompletion: true,
+		HideVersion:          true,
+		Commands: []*cli.Command{
+			listCommand(),
+			generateCommand(),
+			versionCommand(),
+			completionCommand(),
+		},
+	}
+}
+
+func versionCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "version",
+		Usage: "print the version",
+		Action: func(c *cli.Context) error {
+			_, err := fmt.Fprintf(c.App.Writer, "intel-gpu-cdi %s (%s, %s/%s)\n",
+				Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			return err
+		},
+	}
+}
+
+// commonConfig holds the flags every subcommand takes: where to read the
+// node from and how to log.
+type commonConfig struct {
+	SysfsRoot string
+	DevRoot   string
+	LogLevel  string
+	LogFormat string
+	Verbose   bool
+}
+
+func (c *commonConfig) flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "sysfs-root", Value: "/sys", Usage: "where sysfs is mounted", EnvVars: env("sysfs-root"), Destination: &c.SysfsRoot},
+		&cli.StringFlag{Name: "dev-root", Value: "/dev", Usage: "where the device nodes are (the spec's hostPaths start here)", EnvVars: env("dev-root"), Destination: &c.DevRoot},
+		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: env("log-level"), Destination: &c.LogLevel},
+		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: env("log-format"), Destination: &c.LogFormat},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log at debug level (same as --log-level debug)", EnvVars: env("verbose"), Destination: &c.Verbose},
+	}
+}
+
+// logger builds the process logger from the logging flags.
+func (c *commonConfig) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: invalid level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.Verbose {
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch c.LogFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: invalid format %q: want text or json", c.LogFormat)
+}
+
+// specConfig holds the flags that shape the CDI spec.
+type specConfig struct {
+	Vendor string
+	Class  string
+	ByPath string
+}
+
+func (c *specConfig) flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "vendor", Value: "intel.com", Usage: "vendor part of the CDI kind", EnvVars: env("vendor"), Destination: &c.Vendor},
+		&cli.StringFlag{Name: "class", Value: "gpu", Usage: "class part of the CDI kind", EnvVars: env("class"), Destination: &c.Class},
+		&cli.StringFlag{Name: "by-path", Value: "single", Usage: "by-path links in the spec: single (each GPU's own links) or none", EnvVars: env("by-path"), Destination: &c.ByPath},
+	}
+}
+
+func completionCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "completion",
+		Usage:     "print a shell completion script (bash or zsh)",
+		ArgsUsage: "bash|zsh",
+		Action: func(c *cli.Context) error {
+			script, ok := completionScripts[c.Args().First()]
+			if !ok {
+				return fmt.Errorf("completion: want bash or zsh, got %q", c.Args().First())
+			}
+			_, err := io.WriteString(c.App.Writer, script)
+			return err
+		},
+	}
+}

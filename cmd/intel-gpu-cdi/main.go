@@ -1,0 +1,17 @@
+// Command intel-gpu-cdi makes Intel GPUs usable from containers through the
+// Container Device Interface: it writes CDI specs and serves the kubelet.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app"
+)
+
+func main() {
+	if err := app.New().Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "intel-gpu-cdi: %v\n", err)
+		os.Exit(1)
+	}
+}
