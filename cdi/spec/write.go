@@ -9,9 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	"sigs.k8s.io/yaml"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	specs "tags.cncf.io/container-device-interface/specs-go"
-	"sigs.k8s.io/yaml"
 )
 
 // Format is a spec encoding.
