@@ -70,12 +70,12 @@ func FindBins(cacheDir string, versions map[string]string) (Bins, error) {
 		return Bins{}, fmt.Errorf("not built (run build.sh): %s", strings.Join(missing, ", "))
 	}
 	b := Bins{
-		Containerd: filepath.Join(ctrd, "containerd"),
-		Ctr:        filepath.Join(ctrd, "ctr"),
-		Shim:       filepath.Join(ctrd, "containerd-shim-runc-v2"),
-		Crictl:     filepath.Join(crictl, "crictl"),
-		Kubelet:    filepath.Join(kubelet, "kubelet"),
-		CNIDir:     cni,
+		Containerd:   filepath.Join(ctrd, "containerd"),
+		Ctr:          filepath.Join(ctrd, "ctr"),
+		Shim:         filepath.Join(ctrd, "containerd-shim-runc-v2"),
+		Crictl:       filepath.Join(crictl, "crictl"),
+		Kubelet:      filepath.Join(kubelet, "kubelet"),
+		CNIDir:       cni,
 		ControlPlane: cp,
 	}
 	if etcd != "" {

@@ -85,7 +85,7 @@ func WriteOCIArchive(path string, img Image) error {
 			Size:      int64(len(manifest)),
 			Platform:  &platform{Architecture: runtime.GOARCH, OS: "linux"},
 			Annotations: map[string]string{
-				"io.containerd.image.name":         img.Ref,
+				"io.containerd.image.name":          img.Ref,
 				"org.opencontainers.image.ref.name": tag,
 			},
 		}},

@@ -266,12 +266,12 @@ func (r *Rig) writeKubeletConfig() error {
 		"failSwapOn":               false,
 		"failCgroupV1":             false,
 		// The rig runs without CAP_SYS_RESOURCE: lowering oom_score_adj fails.
-		"oomScoreAdj":   0,
-		"resolvConf":    "",
+		"oomScoreAdj":    0,
+		"resolvConf":     "",
 		"authentication": map[string]any{"anonymous": map[string]any{"enabled": true}, "webhook": map[string]any{"enabled": false}},
 		"authorization":  map[string]any{"mode": "AlwaysAllow"},
 		// A shared build machine may be short of disk: no evictions mid-suite.
-		"evictionHard":            map[string]string{"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+		"evictionHard":                map[string]string{"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
 		"imageGCHighThresholdPercent": 100,
 		"imageGCLowThresholdPercent":  99,
 	}

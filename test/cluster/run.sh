@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Entry point of the cluster e2e suite (`make e2e-cluster`): a real kubelet and
+# containerd 2 with CDI, driving `intel-gpu-cdi plugin` on a fake node.
+#
+#   E2E_BINARY=/abs/path/to/intel-gpu-cdi test/cluster/run.sh
+#
+# Environment:
+#   E2E_BINARY        the intel-gpu-cdi binary under test (required); "stub"
+#                     runs the rig against the stand-in plugin in internal/stubplugin
+#   E2E_CACHE_DIR     where pinned components are built once and reused
+#                     (default /var/cache/intel-gpu-cdi-e2e)
+#   E2E_ARTIFACTS_DIR if set, daemon logs are copied there
+#   E2E_RESULTS_FILE  if set, timings (JSON) are written there
+#   E2E_TEST_RUN      passed to go test -run (default: the whole suite)
+#   CI                when set, anything missing fails instead of skipping
+#
+# Needs root, Go, runc and busybox-static (installed with apt-get if missing).
+# Whatever happens, the rig stops what it started and restores the host; the
+# trap below is a second line of defence for a test binary that was killed.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export E2E_CACHE_DIR=${E2E_CACHE_DIR:-/var/cache/intel-gpu-cdi-e2e}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+secs() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
+log() { printf '%s e2e-cluster: %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "must run as root (mknod, mounts, cgroups, kubelet)"
+command -v go >/dev/null || die "go is not on PATH"
+[[ -n ${E2E_BINARY:-} ]] || die "set E2E_BINARY to the intel-gpu-cdi binary (or 'stub' for the stand-in plugin)"
+
+missing=()
+command -v runc >/dev/null || missing+=(runc)
+if ! command -v busybox >/dev/null || ! file -L "$(command -v busybox)" 2>/dev/null | grep -q 'statically linked'; then
+	missing+=(busybox-static)
+fi
+command -v file >/dev/null || missing+=(file)
+if ((${#missing[@]})); then
+	log "installing ${missing[*]}"
+	command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null ||
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; } ||
+		die "could not install ${missing[*]}"
+fi
+
+work=$(mktemp -d /tmp/igc-e2e-run.XXXXXX)
+
+# ---- second line of defence: what the host looked like before ------------
+sysctls=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+declare -A sysctl_before
+for s in "${sysctls[@]}"; do sysctl_before[$s]=$(sysctl -n "$s" 2>/dev/null || true); done
+host_paths=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /var/run/netns /run/containerd /opt/containerd /etc/kubernetes)
+declare -A path_before
+for p in "${host_paths[@]}"; do [[ -e $p ]] && path_before[$p]=1; done
+declare -A cg_before
+for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do [[ -d $h/kubepods ]] && cg_before[$h]=1; done
+declare -A rigdir_before
+for d in /tmp/igc-e2e-*; do [[ -d $d && $d != "$work" ]] && rigdir_before[$d]=1; done
+
+restore_host() {
+	local rc=$? d pid p h s
+	for d in /tmp/igc-e2e-*; do
+		[[ -d $d && $d != "$work" && -z ${rigdir_before[$d]:-} ]] || continue
+		log "cleaning up after a killed rig: $d"
+		for pid in $(grep -l -s -F "$d" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+			[[ $pid != "$$" ]] && kill -KILL "$pid" 2>/dev/null || true
+		done
+		awk -v d="$d" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo | sort -r |
+			while read -r p; do umount -l "$p" 2>/dev/null || true; done
+		rm -rf "$d"
+	done
+	for s in "${sysctls[@]}"; do
+		[[ -n ${sysctl_before[$s]} && $(sysctl -n "$s" 2>/dev/null) != "${sysctl_before[$s]}" ]] &&
+			sysctl -q -w "$s=${sysctl_before[$s]}" >/dev/null && log "restored sysctl $s"
+	done
+	for p in "${host_paths[@]}"; do
+		if [[ -z ${path_before[$p]:-} && -e $p ]]; then
+			awk -v d="$p" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo | sort -r |
+				while read -r m; do umount -l "$m" 2>/dev/null || true; done
+			rm -rf "$p" && log "removed $p"
+		fi
+	done
+	for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+		[[ -z ${cg_before[$h]:-} && -d $h/kubepods ]] || continue
+		find "$h/kubepods" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	done
+	rm -rf "$work"
+	exit "$rc"
+}
+trap restore_host EXIT
+trap 'exit 130' INT TERM
+
+# ---- the binary under test --------------------------------------------------
+if [[ $E2E_BINARY == stub ]]; then
+	log "building the stand-in plugin (internal/stubplugin)"
+	(cd "$here" && go build -o "$work/stubplugin" ./internal/stubplugin)
+	E2E_BINARY=$work/stubplugin
+fi
+[[ -x $E2E_BINARY ]] || die "E2E_BINARY=$E2E_BINARY is not an executable"
+E2E_BINARY=$(cd "$(dirname "$E2E_BINARY")" && pwd)/$(basename "$E2E_BINARY")
+export E2E_BINARY
+
+# ---- build or reuse the pinned components ------------------------------------
+build_start=$(now_ms)
+"$here/build.sh" base
+build_s=$(secs $(($(now_ms) - build_start)))
+log "components ready in ${build_s}s (cache $E2E_CACHE_DIR)"
+
+# ---- run -------------------------------------------------------------------
+results=${E2E_RESULTS_FILE:-$work/results.json}
+run_start=$(now_ms)
+set +e
+(cd "$here" && E2E_RESULTS_FILE=$results go test -tags e2e -count=1 -v -timeout 25m \
+	-run "${E2E_TEST_RUN:-TestKubeletWithCDI}" .)
+rc=$?
+set -e
+run_s=$(secs $(($(now_ms) - run_start)))
+log "suite finished in ${run_s}s (exit $rc); build/reuse took ${build_s}s"
+[[ -f $results ]] && log "timings: $(tr -d '\n ' <"$results" | cut -c1-300)"
+exit "$rc"
