@@ -87,6 +87,9 @@ func NewBuilder(opts ...Option) (*Builder, error) {
 // Kind returns vendor/class, e.g. intel.com/gpu.
 func (b *Builder) Kind() string { return b.vendor + "/" + b.class }
 
+// ByPathMode returns which by-path links the specs carry.
+func (b *Builder) ByPathMode() ByPath { return b.byPath }
+
 // QualifiedName returns the fully qualified CDI name of a device:
 // intel.com/gpu=card0.
 func (b *Builder) QualifiedName(device string) string {
@@ -113,10 +116,10 @@ func (b *Builder) Build(devs []discovery.Device) (*specs.Spec, error) {
 		if !d.Usable() {
 			continue
 		}
-		edits := b.edits(d)
 		for _, name := range Names(d) {
-			s.Devices = append(s.Devices, specs.Device{Name: name, ContainerEdits: edits})
+			s.Devices = append(s.Devices, specs.Device{Name: name, ContainerEdits: b.edits(d)})
 		}
+		edits := b.edits(d)
 		all.DeviceNodes = append(all.DeviceNodes, edits.DeviceNodes...)
 		all.Mounts = append(all.Mounts, edits.Mounts...)
 	}
