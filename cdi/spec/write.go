@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"sigs.k8s.io/yaml"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
@@ -88,8 +89,13 @@ func Write(path string, s *specs.Spec, f Format) error {
 	if err != nil {
 		return err
 	}
+	return WriteEncoded(path, data)
+}
+
+// WriteEncoded is Write for a spec that is already encoded.
+func WriteEncoded(path string, data []byte) error {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, dirMode); err != nil {
+	if err := mkdirAll(dir, dirMode); err != nil {
 		return fmt.Errorf("creating CDI spec directory %s: %w", dir, err)
 	}
 	tmp, err := writeTemp(dir, filepath.Base(path), data)
@@ -110,6 +116,35 @@ func Write(path string, s *specs.Spec, f Format) error {
 		d.Close()
 	}
 	return nil
+}
+
+// mkdirAll is os.MkdirAll whose new directories get exactly perm: the
+// umask would otherwise decide, and under umask 077 a runtime running as
+// another user could not enter the spec directory. Directories that exist
+// are left as they are.
+func mkdirAll(dir string, perm fs.FileMode) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case err == nil && fi.IsDir():
+		return nil
+	case err == nil:
+		return &fs.PathError{Op: "mkdir", Path: dir, Err: syscall.ENOTDIR}
+	case !errors.Is(err, fs.ErrNotExist):
+		return err
+	}
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := mkdirAll(parent, perm); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, perm); err != nil {
+		// Another writer may have created it meanwhile.
+		if fi, statErr := os.Stat(dir); statErr == nil && fi.IsDir() {
+			return nil
+		}
+		return err
+	}
+	return os.Chmod(dir, perm)
 }
 
 // Validate checks an encoded spec exactly as a runtime would read it: with

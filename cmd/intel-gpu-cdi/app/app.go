@@ -39,6 +39,7 @@ func New() *cli.App {
 		Commands: []*cli.Command{
 			listCommand(),
 			generateCommand(),
+			pluginCommand(),
 			versionCommand(),
 			completionCommand(),
 		},

@@ -1,0 +1,149 @@
+package app
+
+import (
+	"fmt"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+)
+
+// pluginConfig holds the plugin's own flags.
+type pluginConfig struct {
+	KubeletSocketDir   string
+	CDISpecDir         string
+	SharedDevNum       int
+	AllocationPolicy   string
+	DeviceListStrategy string
+	EnableMonitoring   bool
+	AllowIDs           string
+	DenyIDs            string
+	ResyncPeriod       time.Duration
+}
+
+func (c *pluginConfig) flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "kubelet-socket-dir", Value: kubeplugin.DefaultKubeletSocketDir, Usage: "the kubelet's device-plugin directory (holds kubelet.sock)", EnvVars: env("kubelet-socket-dir"), Destination: &c.KubeletSocketDir},
+		&cli.StringFlag{Name: "cdi-spec-dir", Value: kubeplugin.DefaultCDISpecDir, Usage: "where the node's CDI spec is kept", EnvVars: env("cdi-spec-dir"), Destination: &c.CDISpecDir},
+		&cli.IntFlag{Name: "shared-dev-num", Value: 1, Usage: "how many containers may share one GPU", EnvVars: env("shared-dev-num"), Destination: &c.SharedDevNum},
+		&cli.StringFlag{Name: "allocation-policy", Value: string(kubeplugin.PolicyNone), Usage: "preferred allocation with shared GPUs: none (spread), balanced or packed", EnvVars: env("allocation-policy"), Destination: &c.AllocationPolicy},
+		&cli.StringFlag{Name: "device-list-strategy", Value: string(kubeplugin.StrategyCDICRI), Usage: "comma list of cdi-cri, cdi-annotations, device-specs", EnvVars: env("device-list-strategy"), Destination: &c.DeviceListStrategy},
+		&cli.BoolFlag{Name: "enable-monitoring", Usage: "advertise gpu.intel.com/monitoring: one device that gets every GPU", EnvVars: env("enable-monitoring"), Destination: &c.EnableMonitoring},
+		&cli.StringFlag{Name: "allow-ids", Usage: "comma list of PCI device IDs (0x56a0) to hand out; no others", EnvVars: env("allow-ids"), Destination: &c.AllowIDs},
+		&cli.StringFlag{Name: "deny-ids", Usage: "comma list of PCI device IDs never to hand out", EnvVars: env("deny-ids"), Destination: &c.DenyIDs},
+		&cli.DurationFlag{Name: "resync-period", Value: kubeplugin.DefaultResyncPeriod, Usage: "safety-net rescan period (changes are seen at once through /dev/dri events); 0 disables", EnvVars: env("resync-period"), Destination: &c.ResyncPeriod},
+	}
+}
+
+func pluginCommand() *cli.Command {
+	var (
+		common  commonConfig
+		specCfg specConfig
+		cfg     pluginConfig
+	)
+	flags := append(common.flags(), specCfg.flags()...)
+	flags = append(flags, cfg.flags()...)
+	return &cli.Command{
+		Name:  "plugin",
+		Usage: "serve the node's Intel GPUs to the kubelet as gpu.intel.com/i915 and gpu.intel.com/xe",
+		Description: "Writes the node's CDI spec to --cdi-spec-dir, registers with the kubelet and answers " +
+			"Allocate with CDI device names. Watches /dev/dri for GPUs coming and going and the kubelet " +
+			"socket directory for kubelet restarts. Stops on SIGTERM or SIGINT, leaving the spec in place.",
+		Flags: flags,
+		Action: func(c *cli.Context) error {
+			log, err := common.logger(c.App.ErrWriter)
+			if err != nil {
+				return err
+			}
+			opts, err := cfg.options(&specCfg)
+			if err != nil {
+				return err
+			}
+			opts = append(opts,
+				kubeplugin.WithScanner(discovery.New(discovery.WithSysfsRoot(common.SysfsRoot), discovery.WithDevRoot(common.DevRoot))),
+				kubeplugin.WithLogger(log),
+			)
+			p, err := kubeplugin.New(opts...)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			log.Info("starting device plugin", "version", Version, "sysfs", common.SysfsRoot, "dev", common.DevRoot,
+				"kubeletSocketDir", cfg.KubeletSocketDir, "spec", p.SpecPath())
+			return p.Run(ctx)
+		},
+	}
+}
+
+// options turns the flags into plugin options, naming the flag of any bad
+// value so that start-up stops with an error a person can act on.
+func (c *pluginConfig) options(specCfg *specConfig) ([]kubeplugin.Option, error) {
+	b, err := specCfg.builder()
+	if err != nil {
+		return nil, err
+	}
+	if c.SharedDevNum < 1 || c.SharedDevNum > kubeplugin.MaxSharedDevNum {
+		return nil, fmt.Errorf("--shared-dev-num: %d is not between 1 and %d", c.SharedDevNum, kubeplugin.MaxSharedDevNum)
+	}
+	policy, err := kubeplugin.ParsePolicy(c.AllocationPolicy)
+	if err != nil {
+		return nil, fmt.Errorf("--allocation-policy: %w", err)
+	}
+	strategies, err := kubeplugin.ParseStrategies(c.DeviceListStrategy)
+	if err != nil {
+		return nil, fmt.Errorf("--device-list-strategy: %w", err)
+	}
+	allow, err := parseIDs(c.AllowIDs)
+	if err != nil {
+		return nil, fmt.Errorf("--allow-ids: %w", err)
+	}
+	deny, err := parseIDs(c.DenyIDs)
+	if err != nil {
+		return nil, fmt.Errorf("--deny-ids: %w", err)
+	}
+	if len(allow) > 0 && len(deny) > 0 {
+		return nil, fmt.Errorf("--allow-ids and --deny-ids are mutually exclusive")
+	}
+	if c.ResyncPeriod < 0 {
+		return nil, fmt.Errorf("--resync-period: %s is negative", c.ResyncPeriod)
+	}
+	for name, dir := range map[string]string{"--kubelet-socket-dir": c.KubeletSocketDir, "--cdi-spec-dir": c.CDISpecDir} {
+		if dir == "" {
+			return nil, fmt.Errorf("%s: must not be empty", name)
+		}
+	}
+	return []kubeplugin.Option{
+		kubeplugin.WithBuilder(b),
+		kubeplugin.WithKubeletSocketDir(c.KubeletSocketDir),
+		kubeplugin.WithCDISpecDir(c.CDISpecDir),
+		kubeplugin.WithSharedDevNum(c.SharedDevNum),
+		kubeplugin.WithPolicy(policy),
+		kubeplugin.WithStrategies(strategies),
+		kubeplugin.WithMonitoring(c.EnableMonitoring),
+		kubeplugin.WithAllowIDs(allow),
+		kubeplugin.WithDenyIDs(deny),
+		kubeplugin.WithResyncPeriod(c.ResyncPeriod),
+	}, nil
+}
+
+// parseIDs reads a comma list of PCI device IDs.
+func parseIDs(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var ids []string
+	for _, part := range strings.Split(s, ",") {
+		id, err := discovery.NormalizeDeviceID(part)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}

@@ -1,0 +1,115 @@
+package kubeplugin
+
+import (
+	"context"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+// hub holds the current snapshot and wakes ListAndWatch streams when a new
+// one is published.
+type hub struct {
+	mu      sync.Mutex
+	snap    *snapshot
+	changed chan struct{}
+}
+
+func newHub() *hub {
+	return &hub{snap: &snapshot{byID: map[string]*entry{}, lists: map[string][]*pluginapi.Device{}}, changed: make(chan struct{})}
+}
+
+// load returns the current snapshot and a channel closed when it is replaced.
+func (h *hub) load() (*snapshot, <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.snap, h.changed
+}
+
+func (h *hub) current() *snapshot {
+	s, _ := h.load()
+	return s
+}
+
+func (h *hub) publish(s *snapshot) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.snap = s
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// service answers the kubelet for one resource. It owns no lifecycle: the
+// server that serves it does.
+type service struct {
+	pluginapi.UnimplementedDevicePluginServer
+	resource string
+	cfg      *Config
+	hub      *hub
+	// done is closed when the serving server stops, ending the streams.
+	done <-chan struct{}
+}
+
+var _ pluginapi.DevicePluginServer = (*service)(nil)
+
+func (s *service) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*pluginapi.DevicePluginOptions, error) {
+	return &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}, nil
+}
+
+// ListAndWatch sends the device list at once and again on every change.
+func (s *service) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_ListAndWatchServer) error {
+	var last []*pluginapi.Device
+	first := true
+	for {
+		snap, changed := s.hub.load()
+		list := snap.lists[s.resource]
+		if first || !sameList(last, list) {
+			if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: list}); err != nil {
+				return err
+			}
+			first, last = false, list
+		}
+		select {
+		case <-changed:
+		case <-stream.Context().Done():
+			return nil
+		case <-s.done:
+			return nil
+		}
+	}
+}
+
+// Allocate answers from the current snapshot alone.
+func (s *service) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
+	snap := s.hub.current()
+	resp := &pluginapi.AllocateResponse{ContainerResponses: make([]*pluginapi.ContainerAllocateResponse, 0, len(req.ContainerRequests))}
+	for _, cr := range req.ContainerRequests {
+		r, err := snap.allocateContainer(s.cfg, s.resource, cr.DevicesIds)
+		if err != nil {
+			s.cfg.Observer.Allocation(s.resource, err)
+			return nil, err
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, r)
+	}
+	s.cfg.Observer.Allocation(s.resource, nil)
+	return resp, nil
+}
+
+func (s *service) GetPreferredAllocation(_ context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
+	snap := s.hub.current()
+	resp := &pluginapi.PreferredAllocationResponse{}
+	for _, cr := range req.ContainerRequests {
+		ids, err := snap.preferred(s.cfg.Policy, cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, int(cr.AllocationSize))
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "%s: %v", s.resource, err)
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
+	}
+	return resp, nil
+}
+
+func (s *service) PreStartContainer(context.Context, *pluginapi.PreStartContainerRequest) (*pluginapi.PreStartContainerResponse, error) {
+	return &pluginapi.PreStartContainerResponse{}, nil
+}
