@@ -279,6 +279,16 @@ func (s *suite) restartPlugin(ctx context.Context, t *testing.T, shared int, ext
 	s.startPlugin(ctx, t, shared, extra...)
 }
 
+// backToDefaults removes the step's pods, then restarts the plugin with its
+// default flags.
+func (s *suite) backToDefaults(ctx context.Context, t *testing.T) {
+	t.Helper()
+	if err := s.r.DeleteAllPods(ctx); err != nil {
+		t.Error(err)
+	}
+	s.restartPlugin(ctx, t, 1)
+}
+
 // runPod creates a GPU pod and returns the GPUs its container sees, checked
 // against the fake node; it records the time from creation to running.
 func (s *suite) runPod(ctx context.Context, t *testing.T, name string, limits map[string]int) ([]rig.NodeGPU, *rig.Running) {
@@ -313,21 +323,30 @@ func (s *suite) runPod(ctx context.Context, t *testing.T, name string, limits ma
 	return got, run
 }
 
-// checkByPath: by-path links, when the spec injects them, must only name the
-// pod's own GPUs and point at their nodes.
+// checkByPath: by-path entries, when the spec injects them, must only name
+// the pod's own GPUs and lead to their nodes.
 func checkByPath(t *testing.T, pod string, l rig.Listing, gpus []rig.NodeGPU) {
 	t.Helper()
-	for link, target := range l.ByPath {
-		ok := false
-		for _, g := range gpus {
-			if strings.HasPrefix(link, "pci-"+g.PCI+"-") {
-				for _, n := range g.Nodes {
-					ok = ok || filepath.Base(target) == n.Name
-				}
+	owner := func(link string) *rig.NodeGPU {
+		for i := range gpus {
+			if strings.HasPrefix(link, "pci-"+gpus[i].PCI+"-") {
+				return &gpus[i]
 			}
 		}
+		return nil
+	}
+	for link, target := range l.ByPath {
+		g := owner(link)
+		ok := g != nil && slices.ContainsFunc(g.Nodes, func(n rig.DevNode) bool { return n.Name == filepath.Base(target) })
 		if !ok {
 			t.Errorf("pod %s: by-path link %s -> %s is not one of its GPUs' nodes", pod, link, target)
+		}
+	}
+	for link, dev := range l.ByPathDevs {
+		g := owner(link)
+		ok := g != nil && slices.ContainsFunc(g.Nodes, func(n rig.DevNode) bool { return n.Dev == dev })
+		if !ok {
+			t.Errorf("pod %s: by-path entry %s (%s) is not one of its GPUs' nodes", pod, link, dev)
 		}
 	}
 }
@@ -476,7 +495,7 @@ func (s *suite) kubeletRestart(ctx context.Context, t *testing.T) {
 
 func (s *suite) shared(ctx context.Context, t *testing.T) {
 	s.restartPlugin(ctx, t, 2)
-	t.Cleanup(func() { s.restartPlugin(ctx, t, 1) })
+	t.Cleanup(func() { s.backToDefaults(ctx, t) })
 	// The node has one xe GPU: with two slots on it, both pods must land there.
 	a, _ := s.runPod(ctx, t, "shared-a", map[string]int{xe: 1})
 	b, _ := s.runPod(ctx, t, "shared-b", map[string]int{xe: 1})
@@ -494,7 +513,7 @@ func (s *suite) shared(ctx context.Context, t *testing.T) {
 
 func (s *suite) annotations(ctx context.Context, t *testing.T) {
 	s.restartPlugin(ctx, t, 1, "--device-list-strategy", "cdi-annotations")
-	t.Cleanup(func() { s.restartPlugin(ctx, t, 1) })
+	t.Cleanup(func() { s.backToDefaults(ctx, t) })
 	got, run := s.runPod(ctx, t, "annotated", map[string]int{i915: 1})
 	requireDriver(t, got, 1, "i915")
 	cri, ann := cdiRequest(run)

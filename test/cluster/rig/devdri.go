@@ -20,6 +20,9 @@ type DevNode struct {
 type Listing struct {
 	Nodes  []DevNode         // char devices directly in /dev/dri, sorted by name
 	ByPath map[string]string // /dev/dri/by-path link name -> target
+	// ByPathDevs are by-path entries that are char devices themselves (a
+	// bind-mounted link resolves to its node): name -> MAJOR:MINOR.
+	ByPathDevs map[string]string
 }
 
 var (
@@ -29,15 +32,16 @@ var (
 
 // ParseListing reads the output of ListScript.
 func ParseListing(out string) Listing {
-	l := Listing{ByPath: map[string]string{}}
+	l := Listing{ByPath: map[string]string{}, ByPathDevs: map[string]string{}}
 	byPath := false
+scan:
 	for _, line := range strings.Split(out, "\n") {
 		line = strings.TrimSpace(line)
 		switch {
 		case line == "--- by-path":
 			byPath = true
 		case line == "=== end":
-			return l
+			break scan
 		case !byPath:
 			if m := charLine.FindStringSubmatch(line); m != nil {
 				l.Nodes = append(l.Nodes, DevNode{Name: m[3], Dev: m[1] + ":" + m[2]})
@@ -45,6 +49,8 @@ func ParseListing(out string) Listing {
 		default:
 			if m := linkLine.FindStringSubmatch(line); m != nil {
 				l.ByPath[m[1]] = m[2]
+			} else if m := charLine.FindStringSubmatch(line); m != nil {
+				l.ByPathDevs[m[3]] = m[1] + ":" + m[2]
 			}
 		}
 	}
