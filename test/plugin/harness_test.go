@@ -1,0 +1,149 @@
+package plugin_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+)
+
+// waitFor bounds every wait in these tests. It is a deadline for a hang,
+// not a speed goal: speed is measured by the benchmarks.
+const waitFor = 10 * time.Second
+
+// rig is a running plugin on a fake node, with a fake kubelet.
+type rig struct {
+	t       *testing.T
+	node    *fakenode.Node
+	kubelet *fakekubelet.Kubelet
+	specDir string
+	plugin  *kubeplugin.Plugin
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+// startRig builds a fake node with the fixtures, starts a fake kubelet and
+// the plugin with opts, and stops both when the test ends.
+func startRig(t *testing.T, fixtures []func(*fakenode.Node) error, opts ...kubeplugin.Option) *rig {
+	t.Helper()
+	node := fakenode.NewT(t)
+	node.MustApply(t, fixtures...)
+	// Unix socket paths are limited to 108 bytes: keep them short.
+	sockDir, err := os.MkdirTemp("", "kp")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	k, err := fakekubelet.Start(sockDir)
+	require.NoError(t, err)
+	t.Cleanup(k.Stop)
+
+	r := &rig{t: t, node: node, kubelet: k, specDir: filepath.Join(t.TempDir(), "cdi")}
+	all := append([]kubeplugin.Option{
+		kubeplugin.WithScanner(discovery.New(discovery.WithSysfsRoot(node.Sys), discovery.WithDevRoot(node.Dev))),
+		kubeplugin.WithKubeletSocketDir(sockDir),
+		kubeplugin.WithCDISpecDir(r.specDir),
+	}, opts...)
+	r.plugin, err = kubeplugin.New(all...)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.done = make(chan error, 1)
+	go func() { r.done <- r.plugin.Run(ctx) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+// stop ends the plugin and checks it returned cleanly.
+func (r *rig) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	select {
+	case err := <-r.done:
+		require.NoError(r.t, err, "plugin Run")
+	case <-time.After(waitFor):
+		r.t.Fatal("plugin did not stop")
+	}
+}
+
+func (r *rig) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	r.t.Cleanup(cancel)
+	return ctx
+}
+
+// registered waits for the n-th registration of resource and dials it.
+func (r *rig) registered(resource string, n int) (*pluginapi.RegisterRequest, *fakekubelet.Client) {
+	r.t.Helper()
+	req, err := r.kubelet.WaitRegistration(r.ctx(), resource, n)
+	require.NoError(r.t, err)
+	c, err := r.kubelet.Dial(req.Endpoint)
+	require.NoError(r.t, err)
+	r.t.Cleanup(func() { c.Close() })
+	return req, c
+}
+
+// watch opens ListAndWatch on c.
+func (r *rig) watch(c *fakekubelet.Client) <-chan []*pluginapi.Device {
+	r.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r.t.Cleanup(cancel)
+	ch, err := c.Watch(ctx)
+	require.NoError(r.t, err)
+	return ch
+}
+
+// nextList waits for a list that satisfies ok and returns it.
+func (r *rig) nextList(ch <-chan []*pluginapi.Device, what string, ok func([]*pluginapi.Device) bool) []*pluginapi.Device {
+	r.t.Helper()
+	deadline := time.After(waitFor)
+	var last []*pluginapi.Device
+	for {
+		select {
+		case l, open := <-ch:
+			if !open {
+				r.t.Fatalf("ListAndWatch ended while waiting for %s; last list %v", what, ids(last))
+			}
+			last = l
+			if ok(l) {
+				return l
+			}
+		case <-deadline:
+			r.t.Fatalf("timed out waiting for %s; last list %v", what, ids(last))
+		}
+	}
+}
+
+func ids(l []*pluginapi.Device) []string {
+	out := make([]string, len(l))
+	for i, d := range l {
+		out[i] = d.ID + "/" + d.Health
+	}
+	return out
+}
+
+func allocate(ctx context.Context, c *fakekubelet.Client, idsPerContainer ...[]string) (*pluginapi.AllocateResponse, error) {
+	req := &pluginapi.AllocateRequest{}
+	for _, ids := range idsPerContainer {
+		req.ContainerRequests = append(req.ContainerRequests, &pluginapi.ContainerAllocateRequest{DevicesIds: ids})
+	}
+	return c.Allocate(ctx, req)
+}
+
+func cdiNames(r *pluginapi.ContainerAllocateResponse) []string {
+	var out []string
+	for _, d := range r.CdiDevices {
+		out = append(out, d.Name)
+	}
+	return out
+}

@@ -1,0 +1,389 @@
+package plugin_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var demo = []func(*fakenode.Node) error{fakenode.Demo}
+
+func TestRegistersEachResourceWithItsOwnSocketAfterWritingTheSpec(t *testing.T) {
+	r := startRig(t, demo)
+
+	i915, _ := r.registered(kubeplugin.ResourceI915, 1)
+	xe, _ := r.registered(kubeplugin.ResourceXe, 1)
+
+	for _, req := range []*pluginapi.RegisterRequest{i915, xe} {
+		assert.Equal(t, pluginapi.Version, req.Version)
+		assert.NotContains(t, req.Endpoint, "/", "endpoint is a socket name in the kubelet dir")
+		assert.FileExists(t, filepath.Join(r.kubelet.Dir(), req.Endpoint))
+		require.NotNil(t, req.Options)
+		assert.True(t, req.Options.GetPreferredAllocationAvailable)
+	}
+	assert.NotEqual(t, i915.Endpoint, xe.Endpoint)
+	assert.Len(t, r.kubelet.Registrations(), 2, "no monitoring resource unless asked")
+
+	spec, err := cdiapi.ReadSpec(r.plugin.SpecPath(), 0)
+	require.NoError(t, err)
+	for _, name := range []string{"card0", "0000:00:02.0", "card1", "0000:03:00.0", "card2", "0000:07:00.0", "all"} {
+		assert.NotNil(t, spec.GetDevice(name), "spec device %s", name)
+	}
+	st, err := os.Stat(r.plugin.SpecPath())
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o644), st.Mode().Perm())
+}
+
+func TestListAndWatchSendsStableIDsHealthAndNUMATopology(t *testing.T) {
+	r := startRig(t, demo)
+	_, i915 := r.registered(kubeplugin.ResourceI915, 1)
+	_, xe := r.registered(kubeplugin.ResourceXe, 1)
+
+	l := r.nextList(r.watch(i915), "the i915 list", func(l []*pluginapi.Device) bool { return len(l) > 0 })
+	require.Len(t, l, 2)
+	assert.Equal(t, "0000:00:02.0", l[0].ID)
+	assert.Equal(t, pluginapi.Healthy, l[0].Health)
+	assert.Nil(t, l[0].Topology, "NUMA -1 means no topology")
+	assert.Equal(t, "0000:03:00.0", l[1].ID)
+	require.NotNil(t, l[1].Topology)
+	assert.Equal(t, int64(0), l[1].Topology.Nodes[0].ID)
+
+	l = r.nextList(r.watch(xe), "the xe list", func(l []*pluginapi.Device) bool { return len(l) > 0 })
+	assert.Equal(t, []string{"0000:07:00.0/Healthy"}, ids(l))
+}
+
+func TestSharedDevNumMakesEachGPUThatManyIDsAndInjectsItOnce(t *testing.T) {
+	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU}, kubeplugin.WithSharedDevNum(3))
+	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	l := r.nextList(r.watch(c), "three shares", func(l []*pluginapi.Device) bool { return len(l) == 3 })
+	assert.Equal(t, []string{"0000:00:02.0-0/Healthy", "0000:00:02.0-1/Healthy", "0000:00:02.0-2/Healthy"}, ids(l))
+
+	resp, err := allocate(r.ctx(), c, []string{"0000:00:02.0-0", "0000:00:02.0-2"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"intel.com/gpu=0000:00:02.0"}, cdiNames(resp.ContainerResponses[0]))
+}
+
+func TestAllocateUnderEachDeviceListStrategy(t *testing.T) {
+	const gpu = "0000:03:00.0"
+	tests := []struct {
+		name       string
+		strategies kubeplugin.Strategies
+	}{
+		{"cdi-cri alone fills only CDIDevices", kubeplugin.Strategies{CRI: true}},
+		{"cdi-annotations alone sets only the cdi.k8s.io annotation", kubeplugin.Strategies{Annotations: true}},
+		{"device-specs alone gives legacy nodes and by-path mounts", kubeplugin.Strategies{DeviceSpecs: true}},
+		{"all three together fill every field", kubeplugin.Strategies{CRI: true, Annotations: true, DeviceSpecs: true}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRig(t, demo, kubeplugin.WithStrategies(tc.strategies))
+			_, c := r.registered(kubeplugin.ResourceI915, 1)
+			resp, err := allocate(r.ctx(), c, []string{gpu})
+			require.NoError(t, err)
+			cr := resp.ContainerResponses[0]
+
+			if tc.strategies.CRI {
+				assert.Equal(t, []string{"intel.com/gpu=" + gpu}, cdiNames(cr))
+			} else {
+				assert.Empty(t, cr.CdiDevices)
+			}
+
+			if tc.strategies.Annotations {
+				assert.Equal(t, map[string]string{"cdi.k8s.io/gpu.intel.com_i915": "intel.com/gpu=" + gpu}, cr.Annotations)
+				_, devices, err := cdiapi.ParseAnnotations(cr.Annotations)
+				require.NoError(t, err, "the CDI library reads our annotation back")
+				assert.Equal(t, []string{"intel.com/gpu=" + gpu}, devices)
+			} else {
+				assert.Empty(t, cr.Annotations)
+			}
+
+			if tc.strategies.DeviceSpecs {
+				var paths []string
+				for _, d := range cr.Devices {
+					paths = append(paths, d.ContainerPath)
+					assert.Equal(t, "rw", d.Permissions)
+					assert.FileExists(t, d.HostPath)
+				}
+				assert.Equal(t, []string{"/dev/dri/card1", "/dev/dri/renderD129"}, paths)
+				var mounts []string
+				for _, m := range cr.Mounts {
+					mounts = append(mounts, m.ContainerPath)
+				}
+				assert.ElementsMatch(t, []string{"/dev/dri/by-path/pci-" + gpu + "-card", "/dev/dri/by-path/pci-" + gpu + "-render"}, mounts)
+			} else {
+				assert.Empty(t, cr.Devices)
+				assert.Empty(t, cr.Mounts)
+			}
+		})
+	}
+}
+
+func TestAllocateRejectsUnknownAndUnhealthyIDs(t *testing.T) {
+	r := startRig(t, demo)
+	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	ch := r.watch(c)
+	r.nextList(ch, "the first list", func(l []*pluginapi.Device) bool { return len(l) == 2 })
+
+	_, err := allocate(r.ctx(), c, []string{"0000:99:00.0"})
+	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), `"0000:99:00.0"`, "the error names the ID")
+
+	_, err = allocate(r.ctx(), c, []string{"0000:07:00.0"})
+	assert.Equal(t, codes.InvalidArgument, status.Code(err), "an xe GPU is not an i915 device")
+
+	require.NoError(t, r.node.RemoveDevNodes("0000:03:00.0"))
+	r.nextList(ch, "0000:03:00.0 unhealthy", func(l []*pluginapi.Device) bool {
+		return slices.Contains(ids(l), "0000:03:00.0/Unhealthy")
+	})
+	_, err = allocate(r.ctx(), c, []string{"0000:03:00.0"})
+	assert.Equal(t, codes.FailedPrecondition, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "0000:03:00.0")
+
+	resp, err := allocate(r.ctx(), c, []string{"0000:00:02.0"})
+	require.NoError(t, err, "the healthy GPU is still handed out")
+	assert.Equal(t, []string{"intel.com/gpu=0000:00:02.0"}, cdiNames(resp.ContainerResponses[0]))
+}
+
+func TestANotReadyGPUTurnsUnhealthyAndRecoversWithoutLeavingTheList(t *testing.T) {
+	r := startRig(t, demo)
+	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	ch := r.watch(c)
+	r.nextList(ch, "both healthy", func(l []*pluginapi.Device) bool {
+		return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy", "0000:03:00.0/Healthy"})
+	})
+
+	require.NoError(t, r.node.RemoveDevNodes("0000:03:00.0"))
+	r.nextList(ch, "unhealthy", func(l []*pluginapi.Device) bool {
+		return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy", "0000:03:00.0/Unhealthy"})
+	})
+	// The list changes first, then the spec.
+	require.Eventually(t, func() bool {
+		spec, err := cdiapi.ReadSpec(r.plugin.SpecPath(), 0)
+		return err == nil && spec.GetDevice("0000:03:00.0") == nil && spec.GetDevice("0000:00:02.0") != nil
+	}, waitFor, 5e6, "a GPU without nodes leaves the spec")
+
+	require.NoError(t, r.node.AddDevNodes("0000:03:00.0"))
+	r.nextList(ch, "healthy again", func(l []*pluginapi.Device) bool {
+		return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy", "0000:03:00.0/Healthy"})
+	})
+}
+
+func TestHotplugAddsTheSpecBeforeTheListAndRemovesTheListBeforeTheSpec(t *testing.T) {
+	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
+	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	ch := r.watch(c)
+	r.nextList(ch, "the iGPU", func(l []*pluginapi.Device) bool { return len(l) == 1 })
+
+	const added = "0000:0a:00.0"
+	r.node.MustAddGPU(t, fakenode.GPU{Card: 1, PCI: added, Device: "0x56a0"})
+	r.nextList(ch, "the added GPU", func(l []*pluginapi.Device) bool { return len(l) == 2 })
+	spec, err := cdiapi.ReadSpec(r.plugin.SpecPath(), 0)
+	require.NoError(t, err)
+	assert.NotNil(t, spec.GetDevice(added), "the spec holds a GPU by the time it is listed")
+	assert.NotNil(t, spec.GetDevice("card1"))
+
+	require.NoError(t, r.node.RemoveGPU(added))
+	r.nextList(ch, "the GPU gone", func(l []*pluginapi.Device) bool { return len(l) == 1 })
+	require.Eventually(t, func() bool {
+		spec, err := cdiapi.ReadSpec(r.plugin.SpecPath(), 0)
+		return err == nil && spec.GetDevice(added) == nil
+	}, waitFor, 5e6, "the removed GPU leaves the spec")
+}
+
+func TestAResourceAppearsWhenItsFirstGPUIsPluggedIn(t *testing.T) {
+	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
+	r.registered(kubeplugin.ResourceI915, 1)
+
+	r.node.MustAddGPU(t, fakenode.GPU{Card: 1, PCI: "0000:03:00.0", Device: "0xe20b", Driver: "xe"})
+	_, xe := r.registered(kubeplugin.ResourceXe, 1)
+	l := r.nextList(r.watch(xe), "the xe GPU", func(l []*pluginapi.Device) bool { return len(l) == 1 })
+	assert.Equal(t, "0000:03:00.0", l[0].ID)
+}
+
+func TestWithoutGPUsThereIsNoSpecAndAStaleOneIsRemoved(t *testing.T) {
+	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
+	r.registered(kubeplugin.ResourceI915, 1)
+	require.FileExists(t, r.plugin.SpecPath())
+
+	require.NoError(t, r.node.RemoveGPU("0000:00:02.0"))
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(r.plugin.SpecPath())
+		return os.IsNotExist(err)
+	}, waitFor, 5e6, "the spec of the last GPU is removed")
+}
+
+func TestMonitoringAllocatesEveryGPUThroughTheAllDevice(t *testing.T) {
+	r := startRig(t, demo, kubeplugin.WithMonitoring(true))
+	req, c := r.registered(kubeplugin.ResourceMonitoring, 1)
+	assert.Equal(t, kubeplugin.ResourceMonitoring, req.ResourceName)
+	l := r.nextList(r.watch(c), "the monitoring device", func(l []*pluginapi.Device) bool { return len(l) == 1 })
+	assert.Equal(t, []string{"monitoring/Healthy"}, ids(l))
+
+	resp, err := allocate(r.ctx(), c, []string{kubeplugin.MonitoringDeviceID})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"intel.com/gpu=all"}, cdiNames(resp.ContainerResponses[0]))
+}
+
+func TestAllowAndDenyIDsFilterGPUsByPCIDeviceID(t *testing.T) {
+	tests := []struct {
+		name string
+		opt  kubeplugin.Option
+		want []string
+	}{
+		{"allow-ids keeps only the listed device IDs", kubeplugin.WithAllowIDs([]string{"0x56a0"}), []string{"0000:03:00.0/Healthy"}},
+		{"deny-ids drops the listed device IDs", kubeplugin.WithDenyIDs([]string{"0x56A0"}), []string{"0000:00:02.0/Healthy"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRig(t, demo, tc.opt)
+			_, c := r.registered(kubeplugin.ResourceI915, 1)
+			l := r.nextList(r.watch(c), "the filtered list", func(l []*pluginapi.Device) bool { return len(l) > 0 })
+			assert.Equal(t, tc.want, ids(l))
+		})
+	}
+}
+
+func TestTwentyKubeletRestartsInARowEachEndRegisteredAndServing(t *testing.T) {
+	r := startRig(t, demo)
+	r.registered(kubeplugin.ResourceI915, 1)
+	r.registered(kubeplugin.ResourceXe, 1)
+
+	for i := 2; i <= 21; i++ {
+		require.NoError(t, r.kubelet.Restart())
+		for _, res := range []string{kubeplugin.ResourceI915, kubeplugin.ResourceXe} {
+			req, c := r.registered(res, i)
+			l := r.nextList(r.watch(c), "the list after restart", func(l []*pluginapi.Device) bool { return len(l) > 0 })
+			resp, err := allocate(r.ctx(), c, []string{l[0].ID})
+			require.NoError(t, err, "restart %d: %s at %s", i-1, res, req.Endpoint)
+			require.Len(t, resp.ContainerResponses[0].CdiDevices, 1)
+		}
+	}
+}
+
+func TestRegistrationIsRetriedUntilTheKubeletAccepts(t *testing.T) {
+	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
+	r.registered(kubeplugin.ResourceI915, 1)
+	r.kubelet.SetReject(status.Error(codes.Unavailable, "kubelet busy"))
+	require.NoError(t, r.kubelet.Restart())
+	r.kubelet.SetReject(nil)
+	r.registered(kubeplugin.ResourceI915, 2)
+}
+
+func TestStopRemovesSocketsAndLeavesTheSpec(t *testing.T) {
+	r := startRig(t, demo)
+	req, _ := r.registered(kubeplugin.ResourceI915, 1)
+	r.stop()
+	assert.NoFileExists(t, filepath.Join(r.kubelet.Dir(), req.Endpoint))
+	assert.FileExists(t, r.plugin.SpecPath(), "running containers still need the spec")
+}
+
+func TestPreferredAllocationUnderEachPolicy(t *testing.T) {
+	// card10 sits at a lower PCI address than card2, and 0000:10:00.0 is
+	// numerically after 0000:0a:00.0: order is by PCI address, numerically.
+	gpus := func(n *fakenode.Node) error {
+		for _, g := range []fakenode.GPU{
+			{Card: 2, PCI: "0000:0a:00.0", Device: "0x56a0"},
+			{Card: 10, PCI: "0000:03:00.0", Device: "0x56a0"},
+			{Card: 3, PCI: "0000:10:00.0", Device: "0x56a0"},
+		} {
+			if err := n.AddGPU(g); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	a, b, c := "0000:03:00.0", "0000:0a:00.0", "0000:10:00.0"
+	share := func(gpu string, k int) string { return gpu + "-" + string(rune('0'+k)) }
+	all := []string{share(a, 0), share(a, 1), share(b, 0), share(b, 1), share(c, 0), share(c, 1)}
+
+	tests := []struct {
+		name      string
+		policy    kubeplugin.Policy
+		available []string
+		must      []string
+		size      int32
+		want      []string
+	}{
+		{"none spreads over distinct GPUs first", kubeplugin.PolicyNone, all, nil, 3, []string{share(a, 0), share(b, 0), share(c, 0)}},
+		{"none wraps around once every GPU is used", kubeplugin.PolicyNone, all, nil, 4, []string{share(a, 0), share(b, 0), share(c, 0), share(a, 1)}},
+		{"none keeps must-include and spreads the rest", kubeplugin.PolicyNone, all, []string{share(b, 1)}, 2, []string{share(b, 1), share(a, 0)}},
+		{"packed fills the first GPU in PCI order before the next", kubeplugin.PolicyPacked, all, nil, 3, []string{share(a, 0), share(a, 1), share(b, 0)}},
+		{"packed fills the GPU with the fewest free shares first", kubeplugin.PolicyPacked, []string{share(a, 0), share(a, 1), share(c, 1)}, nil, 1, []string{share(c, 1)}},
+		{"packed continues on a must-include GPU", kubeplugin.PolicyPacked, all, []string{share(c, 0)}, 2, []string{share(c, 0), share(c, 1)}},
+		{"balanced takes from the GPU with the most free shares", kubeplugin.PolicyBalanced, []string{share(a, 1), share(b, 0), share(b, 1), share(c, 1)}, nil, 1, []string{share(b, 0)}},
+		{"balanced alternates as free shares even out", kubeplugin.PolicyBalanced, []string{share(a, 1), share(b, 0), share(b, 1), share(c, 1)}, nil, 3, []string{share(b, 0), share(a, 1), share(b, 1)}},
+	}
+	for _, policy := range []kubeplugin.Policy{kubeplugin.PolicyNone, kubeplugin.PolicyPacked, kubeplugin.PolicyBalanced} {
+		t.Run(string(policy), func(t *testing.T) {
+			r := startRig(t, []func(*fakenode.Node) error{gpus}, kubeplugin.WithSharedDevNum(2), kubeplugin.WithPolicy(policy))
+			_, cl := r.registered(kubeplugin.ResourceI915, 1)
+			for _, tc := range tests {
+				if tc.policy != policy {
+					continue
+				}
+				t.Run(tc.name, func(t *testing.T) {
+					resp, err := cl.GetPreferredAllocation(r.ctx(), &pluginapi.PreferredAllocationRequest{
+						ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{
+							AvailableDeviceIDs: tc.available, MustIncludeDeviceIDs: tc.must, AllocationSize: tc.size,
+						}},
+					})
+					require.NoError(t, err)
+					assert.Equal(t, tc.want, resp.ContainerResponses[0].DeviceIDs)
+				})
+			}
+			t.Run("a size above what is available is an error", func(t *testing.T) {
+				_, err := cl.GetPreferredAllocation(r.ctx(), &pluginapi.PreferredAllocationRequest{
+					ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{AvailableDeviceIDs: all[:2], AllocationSize: 3}},
+				})
+				assert.Equal(t, codes.InvalidArgument, status.Code(err))
+			})
+		})
+	}
+}
+
+func TestAllocateFromManyGoroutinesWhileGPUsComeAndGo(t *testing.T) {
+	r := startRig(t, demo)
+	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	ctx, cancel := context.WithCancel(r.ctx())
+	defer cancel()
+
+	errs := make(chan error, 16)
+	for range 16 {
+		go func() {
+			for ctx.Err() == nil {
+				resp, err := allocate(ctx, c, []string{"0000:00:02.0"})
+				if err == nil && !slices.Equal(cdiNames(resp.ContainerResponses[0]), []string{"intel.com/gpu=0000:00:02.0"}) {
+					errs <- assert.AnError
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 5 {
+		require.NoError(t, r.node.RemoveDevNodes("0000:03:00.0"))
+		require.NoError(t, r.node.AddDevNodes("0000:03:00.0"))
+		require.NoError(t, r.kubelet.Restart())
+	}
+	cancel()
+	for range 16 {
+		assert.NoError(t, <-errs, "every answer is the right GPU or an error")
+	}
+}
