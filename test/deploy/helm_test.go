@@ -1,0 +1,220 @@
+package deploy_test
+
+import (
+	"sort"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	"helm.sh/helm/v3/pkg/lint"
+	"helm.sh/helm/v3/pkg/lint/support"
+	"sigs.k8s.io/yaml"
+)
+
+const releaseNamespace = "kube-system"
+
+// helmTemplate renders the chart as `helm template gpu <chart> -n kube-system
+// -f <values>` would, schema validation included.
+func helmTemplate(t *testing.T, valuesYAML string) (rendered, error) {
+	t.Helper()
+	chrt, err := loader.Load(deployments("helm", "intel-gpu-cdi"))
+	if err != nil {
+		t.Fatalf("loading chart: %v", err)
+	}
+	vals := map[string]any{}
+	if err := yaml.Unmarshal([]byte(valuesYAML), &vals); err != nil {
+		t.Fatalf("test values: %v", err)
+	}
+	top, err := chartutil.ToRenderValues(chrt, vals,
+		chartutil.ReleaseOptions{Name: "gpu", Namespace: releaseNamespace, IsInstall: true}, nil)
+	if err != nil {
+		return rendered{}, err
+	}
+	files, err := engine.Render(chrt, top)
+	if err != nil {
+		return rendered{}, err
+	}
+	var names []string
+	for name := range files {
+		if strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml") {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	var stream strings.Builder
+	for _, name := range names {
+		stream.WriteString("---\n# Source: " + name + "\n" + files[name] + "\n")
+	}
+	return decodeAll(t, []byte(stream.String())), nil
+}
+
+// everythingOn sets every optional value, and moves every path, so that each
+// template branch renders and each flag reaches the container.
+const everythingOn = `
+image: {repository: registry.example/intel-gpu-cdi, tag: v9.9.9, pullPolicy: Always}
+imagePullSecrets: [{name: regcred}]
+logLevel: debug
+logFormat: text
+vendor: example.com
+class: igpu
+byPath: none
+sysfsRoot: /host/sys
+devRoot: /host/dev
+kubeletSocketDir: /var/lib/k0s/kubelet/device-plugins
+cdiSpecDir: /etc/cdi
+sharedDevNum: 4
+allocationPolicy: packed
+deviceListStrategy: [cdi-cri, cdi-annotations, device-specs]
+enableMonitoring: true
+allowIds: ["0x56a0", "0x56a1"]
+resyncPeriod: 5m
+metrics: {enabled: true, address: "0.0.0.0:9500"}
+nfdFeaturesDir: /etc/kubernetes/node-feature-discovery/features.d
+nfd: {enabled: true}
+nodeSelector: {kubernetes.io/os: linux}
+podAnnotations: {example.com/note: "yes"}
+podLabels: {team: gpu}
+`
+
+func TestHelmChart(t *testing.T) {
+	t.Run("default values", func(t *testing.T) {
+		r, err := helmTemplate(t, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.DaemonSets) != 1 || len(r.Rules) != 0 {
+			t.Fatalf("%d DaemonSets and %d NodeFeatureRules, want 1 and 0", len(r.DaemonSets), len(r.Rules))
+		}
+		ds := r.DaemonSets[0]
+		if ds.Namespace != releaseNamespace {
+			t.Errorf("namespace %q, want the release's %q", ds.Namespace, releaseNamespace)
+		}
+		if img := ds.Spec.Template.Spec.Containers[0].Image; !strings.HasSuffix(img, ":0.1.0") {
+			t.Errorf("image %q does not default its tag to the appVersion", img)
+		}
+		checkAgent(t, ds, agentExpectations{
+			Mounts: defaultMounts(),
+			Env: map[string]string{
+				"INTEL_GPU_CDI_DEVICE_LIST_STRATEGY": "cdi-cri",
+				"INTEL_GPU_CDI_SHARED_DEV_NUM":       "1",
+				"INTEL_GPU_CDI_ALLOCATION_POLICY":    "none",
+				"INTEL_GPU_CDI_ENABLE_MONITORING":    "false",
+				"INTEL_GPU_CDI_RESYNC_PERIOD":        "60s",
+				"INTEL_GPU_CDI_METRICS_ADDRESS":      "",
+				"INTEL_GPU_CDI_ALLOW_IDS":            "",
+				"INTEL_GPU_CDI_DENY_IDS":             "",
+				"INTEL_GPU_CDI_NFD_FEATURES_DIR":     "",
+			},
+		})
+	})
+
+	t.Run("every optional value on", func(t *testing.T) {
+		r, err := helmTemplate(t, everythingOn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.DaemonSets) != 1 || len(r.Rules) != 1 {
+			t.Fatalf("%d DaemonSets and %d NodeFeatureRules, want 1 and 1", len(r.DaemonSets), len(r.Rules))
+		}
+		ds := r.DaemonSets[0]
+		checkAgent(t, ds, agentExpectations{
+			Mounts: []hostMount{
+				{HostPath: "/dev/dri", ReadOnly: true, Env: "INTEL_GPU_CDI_DEV_ROOT", Suffix: "/dri"},
+				{HostPath: "/sys", ReadOnly: true, Env: "INTEL_GPU_CDI_SYSFS_ROOT"},
+				{HostPath: "/var/lib/k0s/kubelet/device-plugins", Env: "INTEL_GPU_CDI_KUBELET_SOCKET_DIR"},
+				{HostPath: "/etc/cdi", Env: "INTEL_GPU_CDI_CDI_SPEC_DIR"},
+				{HostPath: "/etc/kubernetes/node-feature-discovery/features.d", Env: "INTEL_GPU_CDI_NFD_FEATURES_DIR"},
+			},
+			Env: map[string]string{
+				"INTEL_GPU_CDI_LOG_LEVEL":            "debug",
+				"INTEL_GPU_CDI_LOG_FORMAT":           "text",
+				"INTEL_GPU_CDI_VENDOR":               "example.com",
+				"INTEL_GPU_CDI_CLASS":                "igpu",
+				"INTEL_GPU_CDI_BY_PATH":              "none",
+				"INTEL_GPU_CDI_SHARED_DEV_NUM":       "4",
+				"INTEL_GPU_CDI_ALLOCATION_POLICY":    "packed",
+				"INTEL_GPU_CDI_DEVICE_LIST_STRATEGY": "cdi-cri,cdi-annotations,device-specs",
+				"INTEL_GPU_CDI_ENABLE_MONITORING":    "true",
+				"INTEL_GPU_CDI_ALLOW_IDS":            "0x56a0,0x56a1",
+				"INTEL_GPU_CDI_DENY_IDS":             "",
+				"INTEL_GPU_CDI_RESYNC_PERIOD":        "5m",
+				"INTEL_GPU_CDI_METRICS_ADDRESS":      "0.0.0.0:9500",
+			},
+			NodeSelector: map[string]string{nfdLabel: "true", "kubernetes.io/os": "linux"},
+			MetricsPort:  9500,
+		})
+		checkRule(t, r.Rules[0], nfdLabel)
+
+		t.Run("every plugin flag has a value in the chart", func(t *testing.T) {
+			set := map[string]bool{}
+			for _, e := range ds.Spec.Template.Spec.Containers[0].Env {
+				set[e.Name] = true
+			}
+			set["INTEL_GPU_CDI_DENY_IDS"] = true // the other half of allowIds, rendered below
+			for e := range cliEnv(t, "plugin") {
+				// --verbose is --log-level debug by another name.
+				if !set[e] && e != "INTEL_GPU_CDI_VERBOSE" {
+					t.Errorf("the plugin reads %s but no chart value sets it", e)
+				}
+			}
+		})
+	})
+
+	t.Run("denyIds alone", func(t *testing.T) {
+		r, err := helmTemplate(t, `denyIds: ["0x0bd5"]`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := containerEnv(t, r.DaemonSets[0].Spec.Template.Spec.Containers[0])
+		if env["INTEL_GPU_CDI_DENY_IDS"] != "0x0bd5" {
+			t.Errorf("INTEL_GPU_CDI_DENY_IDS = %q", env["INTEL_GPU_CDI_DENY_IDS"])
+		}
+		checkEnvAgainstCLI(t, "plugin", env)
+	})
+}
+
+func TestHelmChartRefusesBadValues(t *testing.T) {
+	for _, tc := range []struct{ name, values, wantErr string }{
+		{"allowIds with denyIds", `{allowIds: ["0x56a0"], denyIds: ["0x56a1"]}`, "mutually exclusive"},
+		{"an unknown allocation policy", `allocationPolicy: random`, "allocationPolicy"},
+		{"an unknown device list strategy", `deviceListStrategy: [envvar]`, "deviceListStrategy"},
+		{"no device list strategy", `deviceListStrategy: []`, "deviceListStrategy"},
+		{"zero sharing", `sharedDevNum: 0`, "sharedDevNum"},
+		{"a PCI ID without 0x", `allowIds: ["56a0"]`, "allowIds"},
+		{"an unknown log format", `logFormat: xml`, "logFormat"},
+		{"an unknown by-path mode", `byPath: all`, "byPath"},
+		{"a relative CDI dir", `cdiSpecDir: var/run/cdi`, "cdiSpecDir"},
+		{"a resync period that is not a duration", `resyncPeriod: "60"`, "resyncPeriod"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := helmTemplate(t, tc.values)
+			if err == nil {
+				t.Fatalf("rendered; want an error mentioning %q", tc.wantErr)
+			}
+			if !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("error %q does not mention %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestHelmLint(t *testing.T) {
+	for name, values := range map[string]string{"default values": "", "every optional value on": everythingOn} {
+		t.Run(name, func(t *testing.T) {
+			vals := map[string]any{}
+			if err := yaml.Unmarshal([]byte(values), &vals); err != nil {
+				t.Fatal(err)
+			}
+			l := lint.All(deployments("helm", "intel-gpu-cdi"), vals, releaseNamespace, false)
+			for _, m := range l.Messages {
+				if m.Severity >= support.WarningSev {
+					t.Errorf("helm lint: %s", m)
+				} else {
+					t.Logf("helm lint: %s", m)
+				}
+			}
+		})
+	}
+}

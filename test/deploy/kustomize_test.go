@@ -1,0 +1,124 @@
+package deploy_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+)
+
+// nfdLabel is what our NodeFeatureRule puts on Intel GPU nodes.
+const nfdLabel = "intel-gpu-cdi.feature.node.kubernetes.io/gpu"
+
+// kustomize renders the kustomization in dir as `kubectl kustomize` would.
+func kustomize(t *testing.T, dir string) rendered {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	m, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	out, err := m.AsYaml()
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	return decodeAll(t, out)
+}
+
+// kustomizeCases says what each kustomization must render; the test also
+// fails when a kustomization appears under deployments/kustomize that is not
+// listed here, so a new overlay cannot ship unchecked.
+var kustomizeCases = map[string]struct {
+	agent *agentExpectations // nil: renders no DaemonSet
+	rule  bool               // renders our NodeFeatureRule
+}{
+	"base": {agent: &agentExpectations{
+		Env: map[string]string{
+			"INTEL_GPU_CDI_DEVICE_LIST_STRATEGY": "",
+			"INTEL_GPU_CDI_SHARED_DEV_NUM":       "",
+			"INTEL_GPU_CDI_ENABLE_MONITORING":    "",
+			"INTEL_GPU_CDI_METRICS_ADDRESS":      "",
+		},
+	}},
+	"overlays/nfd_labeled_nodes": {
+		agent: &agentExpectations{NodeSelector: map[string]string{nfdLabel: "true"}},
+		rule:  true,
+	},
+	"overlays/shared-dev": {agent: &agentExpectations{Env: map[string]string{
+		"INTEL_GPU_CDI_SHARED_DEV_NUM":    "4",
+		"INTEL_GPU_CDI_ALLOCATION_POLICY": "balanced",
+	}}},
+	"overlays/monitoring": {agent: &agentExpectations{
+		Env: map[string]string{
+			"INTEL_GPU_CDI_ENABLE_MONITORING": "true",
+			"INTEL_GPU_CDI_METRICS_ADDRESS":   ":9400",
+		},
+		MetricsPort: 9400,
+	}},
+	"overlays/cdi-annotations": {agent: &agentExpectations{Env: map[string]string{
+		"INTEL_GPU_CDI_DEVICE_LIST_STRATEGY": "cdi-annotations",
+	}}},
+	"nfd": {rule: true},
+}
+
+func TestEveryKustomizationIsChecked(t *testing.T) {
+	root := deployments("kustomize")
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || !slices.Contains([]string{"kustomization.yaml", "kustomization.yml", "Kustomization"}, d.Name()) {
+			return nil
+		}
+		rel, err := filepath.Rel(root, filepath.Dir(p))
+		if err != nil {
+			return err
+		}
+		if _, ok := kustomizeCases[filepath.ToSlash(rel)]; !ok {
+			t.Errorf("kustomization %s has no entry in kustomizeCases", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKustomizations(t *testing.T) {
+	for name, tc := range kustomizeCases {
+		t.Run(name, func(t *testing.T) {
+			r := kustomize(t, deployments("kustomize", filepath.FromSlash(name)))
+
+			wantDS := 0
+			if tc.agent != nil {
+				wantDS = 1
+			}
+			if len(r.DaemonSets) != wantDS {
+				t.Fatalf("%d DaemonSets, want %d", len(r.DaemonSets), wantDS)
+			}
+			if tc.agent != nil {
+				ds := r.DaemonSets[0]
+				if ds.Name != "intel-gpu-cdi" || ds.Namespace != "kube-system" {
+					t.Errorf("DaemonSet is %s/%s, want kube-system/intel-gpu-cdi", ds.Namespace, ds.Name)
+				}
+				want := *tc.agent
+				want.Mounts = defaultMounts()
+				checkAgent(t, ds, want)
+			}
+
+			if !tc.rule {
+				if len(r.Rules) != 0 {
+					t.Errorf("renders %d NodeFeatureRules, want none", len(r.Rules))
+				}
+				return
+			}
+			if len(r.Rules) != 1 {
+				t.Fatalf("renders %d NodeFeatureRules, want 1", len(r.Rules))
+			}
+			checkRule(t, r.Rules[0], nfdLabel)
+		})
+	}
+}
