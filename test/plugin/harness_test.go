@@ -22,7 +22,7 @@ const waitFor = 10 * time.Second
 
 // rig is a running plugin on a fake node, with a fake kubelet.
 type rig struct {
-	t       *testing.T
+	t       testing.TB
 	node    *fakenode.Node
 	kubelet *fakekubelet.Kubelet
 	specDir string
@@ -33,10 +33,16 @@ type rig struct {
 
 // startRig builds a fake node with the fixtures, starts a fake kubelet and
 // the plugin with opts, and stops both when the test ends.
-func startRig(t *testing.T, fixtures []func(*fakenode.Node) error, opts ...kubeplugin.Option) *rig {
+func startRig(t testing.TB, fixtures []func(*fakenode.Node) error, opts ...kubeplugin.Option) *rig {
 	t.Helper()
 	node := fakenode.NewT(t)
 	node.MustApply(t, fixtures...)
+	return startRigOn(t, node, opts...)
+}
+
+// startRigOn starts a fake kubelet and the plugin on an existing node.
+func startRigOn(t testing.TB, node *fakenode.Node, opts ...kubeplugin.Option) *rig {
+	t.Helper()
 	// Unix socket paths are limited to 108 bytes: keep them short.
 	sockDir, err := os.MkdirTemp("", "kp")
 	require.NoError(t, err)
@@ -45,7 +51,7 @@ func startRig(t *testing.T, fixtures []func(*fakenode.Node) error, opts ...kubep
 	require.NoError(t, err)
 	t.Cleanup(k.Stop)
 
-	r := &rig{t: t, node: node, kubelet: k, specDir: filepath.Join(t.TempDir(), "cdi")}
+	r := &rig{t: t, node: node, kubelet: k, specDir: specDir(t)}
 	all := append([]kubeplugin.Option{
 		kubeplugin.WithScanner(discovery.New(discovery.WithSysfsRoot(node.Sys), discovery.WithDevRoot(node.Dev))),
 		kubeplugin.WithKubeletSocketDir(sockDir),
@@ -146,4 +152,16 @@ func cdiNames(r *pluginapi.ContainerAllocateResponse) []string {
 		out = append(out, d.Name)
 	}
 	return out
+}
+
+// specDir returns a spec directory on tmpfs where there is one, as
+// /var/run/cdi is on most distributions, so fsync costs what it costs there.
+func specDir(t testing.TB) string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if d, err := os.MkdirTemp("/dev/shm", "intel-gpu-cdi-test-"); err == nil {
+			t.Cleanup(func() { os.RemoveAll(d) })
+			return filepath.Join(d, "cdi")
+		}
+	}
+	return filepath.Join(t.TempDir(), "cdi")
 }
