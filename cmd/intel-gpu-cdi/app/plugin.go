@@ -1,9 +1,11 @@
 package app
 
 import (
+	"context"
 	"fmt"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -11,6 +13,8 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
 )
 
 // pluginConfig holds the plugin's own flags.
@@ -24,6 +28,8 @@ type pluginConfig struct {
 	AllowIDs           string
 	DenyIDs            string
 	ResyncPeriod       time.Duration
+	MetricsAddress     string
+	NFDFeaturesDir     string
 }
 
 func (c *pluginConfig) flags() []cli.Flag {
@@ -37,6 +43,8 @@ func (c *pluginConfig) flags() []cli.Flag {
 		&cli.StringFlag{Name: "allow-ids", Usage: "comma list of PCI device IDs (0x56a0) to hand out; no others", EnvVars: env("allow-ids"), Destination: &c.AllowIDs},
 		&cli.StringFlag{Name: "deny-ids", Usage: "comma list of PCI device IDs never to hand out", EnvVars: env("deny-ids"), Destination: &c.DenyIDs},
 		&cli.DurationFlag{Name: "resync-period", Value: kubeplugin.DefaultResyncPeriod, Usage: "safety-net rescan period (changes are seen at once through /dev/dri events); 0 disables", EnvVars: env("resync-period"), Destination: &c.ResyncPeriod},
+		&cli.StringFlag{Name: "metrics-address", Usage: "host:port to serve Prometheus metrics on at /metrics (such as :9400); empty serves none", EnvVars: env("metrics-address"), Destination: &c.MetricsAddress},
+		&cli.StringFlag{Name: "nfd-features-dir", Usage: "Node Feature Discovery features.d directory (such as " + nfd.DefaultFeaturesDir + ") to keep gpu.intel.com/ labels in; empty writes none", EnvVars: env("nfd-features-dir"), Destination: &c.NFDFeaturesDir},
 	}
 }
 
@@ -68,12 +76,49 @@ func pluginCommand() *cli.Command {
 				kubeplugin.WithScanner(discovery.New(discovery.WithSysfsRoot(common.SysfsRoot), discovery.WithDevRoot(common.DevRoot))),
 				kubeplugin.WithLogger(log),
 			)
+			var labels *nfd.Writer
+			if cfg.NFDFeaturesDir != "" {
+				if labels, err = nfd.New(cfg.NFDFeaturesDir, nfd.WithLogger(log)); err != nil {
+					return fmt.Errorf("--nfd-features-dir: %w", err)
+				}
+				opts = append(opts, kubeplugin.WithOnDevices(labels.Update))
+			}
+			var obs *metrics.Metrics
+			if cfg.MetricsAddress != "" {
+				obs = metrics.New()
+				opts = append(opts, kubeplugin.WithObserver(obs))
+			}
 			p, err := kubeplugin.New(opts...)
 			if err != nil {
 				return err
 			}
+			var srv *metrics.Server
+			if obs != nil {
+				if srv, err = metrics.Listen(cfg.MetricsAddress, obs.Handler()); err != nil {
+					return fmt.Errorf("--metrics-address: %w", err)
+				}
+			}
+
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			// The helpers stop with the plugin, whatever ends it.
+			ctx, cancel := context.WithCancel(ctx)
+			var helpers sync.WaitGroup
+			defer helpers.Wait()
+			defer cancel()
+			if srv != nil {
+				log.Info("serving metrics", "address", srv.Addr().String(), "path", metrics.Path)
+				helpers.Go(func() {
+					// A metrics failure is no reason to stop serving GPUs.
+					if err := srv.Serve(ctx); err != nil {
+						log.Error("metrics server", "err", err)
+					}
+				})
+			}
+			if labels != nil {
+				log.Info("keeping NFD feature labels", "path", labels.Path())
+				helpers.Go(func() { labels.Run(ctx) })
+			}
 			log.Info("starting device plugin", "version", Version, "sysfs", common.SysfsRoot, "dev", common.DevRoot,
 				"kubeletSocketDir", cfg.KubeletSocketDir, "spec", p.SpecPath())
 			return p.Run(ctx)

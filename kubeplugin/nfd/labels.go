@@ -1,0 +1,128 @@
+// Package nfd publishes the node's Intel GPUs as Node Feature Discovery
+// labels. It keeps one feature file, <features.d>/intel-gpu-cdi, that the
+// nfd-worker "local" source reads and turns into node labels.
+//
+// The labels, all in the gpu.intel.com namespace of the resources the
+// plugin advertises, describe only the usable GPUs (those handed out to
+// containers: nodes present, and for SR-IOV the VFs, not their PF). An
+// unusable GPU counts nowhere; with --shared-dev-num a GPU counts once.
+//
+//	gpu.intel.com/count=3                    usable GPUs
+//	gpu.intel.com/device-id.0x56a0.count=2   usable GPUs per PCI device ID
+//	gpu.intel.com/drivers=i915.xe            their kernel drivers, sorted, joined by "."
+//	gpu.intel.com/sriov-vfs=2                how many of them are SR-IOV VFs (left out when none)
+//	gpu.intel.com/numa-nodes=0.1             their NUMA nodes, ascending (left out when none is known)
+//
+// A label whose value would be no valid Kubernetes label value (over 63
+// characters, say) is left out rather than published wrong. With no usable
+// GPU there is no file at all, so no label: a node selector on
+// gpu.intel.com/count matches exactly the nodes where the plugin serves a
+// GPU. The file also goes when the plugin stops.
+//
+// NFD v0.14 and newer accept the gpu.intel.com namespace as it is; older
+// nfd-master releases need --extra-label-ns=gpu.intel.com.
+package nfd
+
+import (
+	"bytes"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+)
+
+// Prefix starts every label name.
+const Prefix = "gpu.intel.com/"
+
+// Label names.
+const (
+	LabelCount     = Prefix + "count"
+	LabelDrivers   = Prefix + "drivers"
+	LabelSRIOVVFs  = Prefix + "sriov-vfs"
+	LabelNUMANodes = Prefix + "numa-nodes"
+)
+
+// DeviceIDCountLabel names the count of usable GPUs with a PCI device ID.
+func DeviceIDCountLabel(deviceID string) string {
+	return Prefix + "device-id." + deviceID + ".count"
+}
+
+// Label is one node label.
+type Label struct{ Name, Value string }
+
+// The name part (after the prefix) and the value of a Kubernetes label: at
+// most 63 characters, alphanumeric at both ends, -_. inside. A value may
+// also be empty, which no label here ever is.
+var labelPart = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
+
+// Labels returns the labels for the GPUs the plugin lists, sorted by name;
+// nil when none of them is usable.
+func Labels(devs []discovery.Device) []Label {
+	count, vfs := 0, 0
+	byID := map[string]int{}
+	var drivers []string
+	var numa []int
+	for i := range devs {
+		d := &devs[i]
+		if !d.Usable() {
+			continue
+		}
+		count++
+		byID[d.DeviceID]++
+		if !slices.Contains(drivers, d.Driver) {
+			drivers = append(drivers, d.Driver)
+		}
+		if d.NUMANode >= 0 && !slices.Contains(numa, d.NUMANode) {
+			numa = append(numa, d.NUMANode)
+		}
+		if d.SRIOV.Role == discovery.RoleVF {
+			vfs++
+		}
+	}
+	if count == 0 {
+		return nil
+	}
+	var out []Label
+	add := func(name, value string) {
+		if labelPart.MatchString(strings.TrimPrefix(name, Prefix)) && labelPart.MatchString(value) {
+			out = append(out, Label{name, value})
+		}
+	}
+	add(LabelCount, strconv.Itoa(count))
+	for id, n := range byID {
+		add(DeviceIDCountLabel(id), strconv.Itoa(n))
+	}
+	slices.Sort(drivers)
+	add(LabelDrivers, strings.Join(drivers, "."))
+	if vfs > 0 {
+		add(LabelSRIOVVFs, strconv.Itoa(vfs))
+	}
+	if len(numa) > 0 {
+		slices.Sort(numa)
+		nodes := make([]string, len(numa))
+		for i, n := range numa {
+			nodes[i] = strconv.Itoa(n)
+		}
+		add(LabelNUMANodes, strings.Join(nodes, "."))
+	}
+	slices.SortFunc(out, func(a, b Label) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// header opens the feature file; NFD skips comment lines.
+const header = "# Intel GPU labels from intel-gpu-cdi. Rewritten whenever the node's GPUs change; do not edit.\n"
+
+// Render returns the feature file for labels: one name=value a line.
+func Render(labels []Label) []byte {
+	var b bytes.Buffer
+	b.WriteString(header)
+	for _, l := range labels {
+		b.WriteString(l.Name)
+		b.WriteByte('=')
+		b.WriteString(l.Value)
+		b.WriteByte('\n')
+	}
+	return b.Bytes()
+}
