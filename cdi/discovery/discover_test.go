@@ -635,6 +635,77 @@ func TestScanSurvivesBrokenLinks(t *testing.T) {
 	}
 }
 
+func TestScanResolvesEveryFormOfClassLink(t *testing.T) {
+	// The kernel's class/drm links are relative and climb straight into
+	// devices/; discovery takes a short cut for those. Every other form
+	// must lead to the same device.
+	relink := func(t *testing.T, n *fakenode.Node, target func(cardDir string) string) {
+		link := filepath.Join(n.Sys, "class", "drm", "card0")
+		cardDir, err := filepath.EvalSymlinks(link)
+		must(t, err)
+		must(t, os.Remove(link))
+		must(t, os.Symlink(target(cardDir), link))
+	}
+	tests := []struct {
+		name   string
+		change func(t *testing.T, n *fakenode.Node)
+	}{
+		{name: "the kernel's relative link", change: func(*testing.T, *fakenode.Node) {}},
+		{name: "an absolute link", change: func(t *testing.T, n *fakenode.Node) {
+			relink(t, n, func(cardDir string) string { return cardDir })
+		}},
+		{name: "a relative link with .. further in", change: func(t *testing.T, n *fakenode.Node) {
+			relink(t, n, func(cardDir string) string {
+				rel, err := filepath.Rel(filepath.Join(n.Sys, "class", "drm"), cardDir)
+				must(t, err)
+				return strings.Replace(rel, "/drm/", "/drm/../drm/", 1)
+			})
+		}},
+		{name: "a link to a link", change: func(t *testing.T, n *fakenode.Node) {
+			drm := filepath.Join(n.Sys, "class", "drm")
+			must(t, os.Rename(filepath.Join(drm, "card0"), filepath.Join(drm, "hop")))
+			must(t, os.Symlink("hop", filepath.Join(drm, "card0")))
+		}},
+		{name: "a class directory reached through a symlinked sysfs root", change: func(t *testing.T, n *fakenode.Node) {
+			must(t, os.Rename(n.Sys, n.Sys+".real"))
+			must(t, os.Symlink(filepath.Base(n.Sys)+".real", n.Sys))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" leads to the GPU", func(t *testing.T) {
+			n := fakenode.NewT(t)
+			apply(t, n, fakenode.IGPU)
+			tt.change(t, n)
+			res := scan(t, n)
+			d := device(t, res, "card0")
+			if d.PCIAddress != "0000:00:02.0" || d.Render != "renderD128" || !d.Usable() {
+				t.Errorf("card0 = %s with %s, usable %v (%s); want 0000:00:02.0 with renderD128, usable",
+					d.PCIAddress, d.Render, d.Usable(), d.Reason)
+			}
+		})
+	}
+}
+
+func TestScanOfManyGPUsKeepsCardOrder(t *testing.T) {
+	// Big nodes are read on several goroutines; the result must not show it.
+	n := fakenode.NewT(t)
+	apply(t, n, func(n *fakenode.Node) error { return fakenode.Many(n, 70) })
+	must(t, os.WriteFile(filepath.Join(fnDir(t, n, fakenode.ManyPCI(33)), "vendor"), []byte("bad\n"), 0o644))
+	res := scan(t, n)
+	if len(res.Devices) != 69 || len(res.Skipped) != 1 || res.Skipped[0].Name != "card33" {
+		t.Fatalf("%d devices, skipped %v; want 69 and card33", len(res.Devices), res.Skipped)
+	}
+	for i, d := range res.Devices {
+		want := i
+		if i >= 33 {
+			want = i + 1
+		}
+		if d.CardIndex != want || d.PCIAddress != fakenode.ManyPCI(want) {
+			t.Fatalf("device %d is %s at %s, want card%d at %s", i, d.Card, d.PCIAddress, want, fakenode.ManyPCI(want))
+		}
+	}
+}
+
 func TestScanWithoutADRMClassFindsNothing(t *testing.T) {
 	res, err := discovery.New(discovery.WithSysfsRoot(t.TempDir()), discovery.WithDevRoot(t.TempDir())).Scan()
 	if err != nil || len(res.Devices)+len(res.Skipped)+len(res.Ignored) != 0 {

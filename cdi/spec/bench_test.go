@@ -1,0 +1,102 @@
+package spec_test
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+)
+
+var benchSizes = []int{1, 64, 512}
+
+// BenchmarkDiscoverAndGenerate measures what `generate` and the plugin do
+// per refresh on a node of N GPUs (fakenode.Many), minus the file write:
+// Scan, Build and Marshal, in JSON (what the plugin writes on every
+// change) and in YAML (generate's default). The tree is built once,
+// outside the timer. Writing is BenchmarkWrite, apart, because its fsyncs
+// measure the disk, not us.
+func BenchmarkDiscoverAndGenerate(b *testing.B) {
+	for _, count := range benchSizes {
+		n := fakenode.NewT(b)
+		if err := fakenode.Many(n, count); err != nil {
+			b.Fatal(err)
+		}
+		sc := discovery.New(discovery.WithSysfsRoot(n.Sys), discovery.WithDevRoot(n.Dev))
+		builder, err := spec.NewBuilder()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res, err := sc.Scan(); err != nil || len(res.Usable()) != count {
+			b.Fatalf("scan of %d GPUs: %d usable, error %v", count, len(res.Usable()), err)
+		}
+		for _, f := range []spec.Format{spec.FormatJSON, spec.FormatYAML} {
+			b.Run(fmt.Sprintf("gpus=%d/format=%s", count, f), func(b *testing.B) {
+				for b.Loop() {
+					res, err := sc.Scan()
+					if err != nil {
+						b.Fatal(err)
+					}
+					s, err := builder.Build(res.Devices)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := spec.Marshal(s, f); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkScan measures discovery alone.
+func BenchmarkScan(b *testing.B) {
+	for _, count := range benchSizes {
+		n := fakenode.NewT(b)
+		if err := fakenode.Many(n, count); err != nil {
+			b.Fatal(err)
+		}
+		sc := discovery.New(discovery.WithSysfsRoot(n.Sys), discovery.WithDevRoot(n.Dev))
+		b.Run(fmt.Sprintf("gpus=%d", count), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := sc.Scan(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkWrite measures spec.Write alone: encode, temp file, fsync,
+// read-back validation by the CDI library, rename.
+func BenchmarkWrite(b *testing.B) {
+	for _, count := range benchSizes {
+		b.Run(fmt.Sprintf("gpus=%d", count), func(b *testing.B) {
+			n := fakenode.NewT(b)
+			if err := fakenode.Many(n, count); err != nil {
+				b.Fatal(err)
+			}
+			res, err := discovery.New(discovery.WithSysfsRoot(n.Sys), discovery.WithDevRoot(n.Dev)).Scan()
+			if err != nil {
+				b.Fatal(err)
+			}
+			builder, err := spec.NewBuilder()
+			if err != nil {
+				b.Fatal(err)
+			}
+			s, err := builder.Build(res.Devices)
+			if err != nil {
+				b.Fatal(err)
+			}
+			p := filepath.Join(b.TempDir(), "intel.com-gpu.yaml")
+			for b.Loop() {
+				if err := spec.Write(p, s, spec.FormatYAML); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
