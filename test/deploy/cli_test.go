@@ -14,18 +14,8 @@ import (
 // envFlag is one environment variable the CLI reads, and the flag it sets.
 type envFlag struct {
 	Env     string
-	Flag    cli.Flag // nil only for pendingPluginEnv entries
+	Flag    cli.Flag
 	Default string
-}
-
-// pendingPluginEnv names plugin flags that the deployments set (issue 4 names
-// them) but the CLI does not define yet, with their defaults. They are
-// accepted by name only, and TestPendingPluginFlags lists them as a skip
-// until they land; it fails once an entry is defined by the CLI, so that the
-// entry is deleted then. When the map is empty, delete it and its uses.
-var pendingPluginEnv = map[string]string{
-	"INTEL_GPU_CDI_METRICS_ADDRESS":  "",
-	"INTEL_GPU_CDI_NFD_FEATURES_DIR": "",
 }
 
 // findCommand returns the named top-level command of the app, or nil.
@@ -78,7 +68,7 @@ func allCLIEnv() map[string]envFlag {
 
 // cliEnv returns the environment variables that `intel-gpu-cdi <command>`
 // reads: the app's global flags and the command's own (and its
-// subcommands'). For `plugin`, pendingPluginEnv fills in what is not there yet.
+// subcommands').
 func cliEnv(t *testing.T, command string) map[string]envFlag {
 	t.Helper()
 	a := app.New()
@@ -90,13 +80,6 @@ func cliEnv(t *testing.T, command string) map[string]envFlag {
 	addFlags(m, a.Flags)
 	addFlags(m, c.Flags)
 	addCommandsRecursively(m, c.Subcommands)
-	if command == "plugin" {
-		for e, def := range pendingPluginEnv {
-			if _, ok := m[e]; !ok {
-				m[e] = envFlag{Env: e, Default: def}
-			}
-		}
-	}
 	return m
 }
 
@@ -115,11 +98,11 @@ func checkEnvAgainstCLI(t *testing.T, command string, env map[string]string) {
 	for _, n := range names {
 		f, ok := known[n]
 		if !ok {
-			t.Errorf("env %s is not read by `intel-gpu-cdi %s` (the CLI defines no flag with that env var)", n, command)
-			continue
-		}
-		if f.Flag == nil {
-			t.Logf("env %s: accepted by name only, the CLI does not define it yet (pendingPluginEnv)", n)
+			if _, elsewhere := allCLIEnv()[n]; elsewhere {
+				t.Errorf("env %s belongs to another subcommand: `intel-gpu-cdi %s` does not read it", n, command)
+			} else {
+				t.Errorf("env %s is not read by `intel-gpu-cdi %s` (the CLI defines no flag with that env var)", n, command)
+			}
 			continue
 		}
 		t.Setenv(n, env[n])
@@ -128,26 +111,5 @@ func checkEnvAgainstCLI(t *testing.T, command string, env map[string]string) {
 		if err := f.Flag.Apply(fs); err != nil {
 			t.Errorf("env %s=%q does not parse for --%s: %v", n, env[n], f.Flag.Names()[0], err)
 		}
-	}
-}
-
-func TestPendingPluginFlags(t *testing.T) {
-	plugin := findCommand(app.New(), "plugin")
-	if plugin == nil {
-		t.Fatal("the CLI has no plugin command")
-	}
-	defined := map[string]envFlag{}
-	addFlags(defined, plugin.Flags)
-	var missing []string
-	for e := range pendingPluginEnv {
-		if _, ok := defined[e]; ok {
-			t.Errorf("the CLI defines %s now: delete it from pendingPluginEnv", e)
-		} else {
-			missing = append(missing, e)
-		}
-	}
-	if len(missing) > 0 {
-		sort.Strings(missing)
-		t.Skipf("the deployments set %v, which `intel-gpu-cdi plugin` does not define yet", missing)
 	}
 }
