@@ -1,0 +1,62 @@
+# intel-gpu-cdi: `make build`, `make test`, `make demo`, `make bench`; `make help` lists every target.
+
+GO       ?= go
+BIN      := bin/intel-gpu-cdi
+MODULE   := github.com/intel-gpu-cdi/intel-gpu-cdi
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X $(MODULE)/cmd/intel-gpu-cdi/app.Version=$(VERSION)
+# auto: real char devices when mknod is permitted (root), else symlinks to host devices.
+DEMO_MODE ?= auto
+FUZZTIME  ?= 30s
+
+.PHONY: all build test vet fmt-check demo bench fuzz golden clean help
+
+all: build
+
+help:
+	@echo 'build      bin/intel-gpu-cdi, version from git describe'
+	@echo 'test       go vet, gofmt check, go test -race ./..., and test/deploy when present'
+	@echo 'demo       list and generate on a fake node of three GPUs (no GPU, no root needed)'
+	@echo 'bench      every benchmark with allocations (see BENCHMARKS.md)'
+	@echo 'fuzz       fuzz the sysfs parsers and the scan, FUZZTIME each (default 30s)'
+	@echo 'golden     rewrite the golden specs in specs/ from the fixtures'
+	@echo 'clean      remove bin/'
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/intel-gpu-cdi
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+test: vet fmt-check
+	$(GO) test -race ./...
+	@if [ -f test/deploy/go.mod ]; then echo 'cd test/deploy && $(GO) test ./...'; cd test/deploy && $(GO) test ./...; fi
+
+# The fake node lives in a temporary directory that is removed at the end.
+demo: build
+	@set -eu; \
+	dir=$$(mktemp -d "$${TMPDIR:-/tmp}/intel-gpu-cdi-demo.XXXXXX"); \
+	trap 'rm -rf "$$dir"' EXIT; \
+	step() { printf '\n$$ %s\n' "$$*"; "$$@"; }; \
+	$(GO) run ./test/cmd/fakenode-demo -root "$$dir/node" -mode $(DEMO_MODE); \
+	set -- --sysfs-root "$$dir/node/sys" --dev-root "$$dir/node/dev"; \
+	step $(BIN) list "$$@"; \
+	step $(BIN) generate --log-level warn "$$@"; \
+	step $(BIN) generate "$$@" --output "$$dir/cdi/intel.com-gpu.json" --by-path none; \
+	step stat -c '%A %a %n' "$$dir/cdi" "$$dir/cdi/intel.com-gpu.json"
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(FUZZTIME) ./cdi/discovery
+	$(GO) test -run '^$$' -fuzz '^FuzzScanAttribute$$' -fuzztime $(FUZZTIME) ./cdi/discovery
+
+golden:
+	$(GO) test ./specs -run '^TestGoldenSpecs$$' -args -update
+
+clean:
+	rm -rf bin/
