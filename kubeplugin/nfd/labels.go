@@ -19,8 +19,9 @@
 // gpu.intel.com/count matches exactly the nodes where the plugin serves a
 // GPU. The file also goes when the plugin stops.
 //
-// NFD v0.14 and newer accept the gpu.intel.com namespace as it is; older
-// nfd-master releases need --extra-label-ns=gpu.intel.com.
+// nfd-master v0.13 and newer accept the gpu.intel.com namespace as it is
+// (only *.kubernetes.io is denied by default); older releases need
+// -extra-label-ns=gpu.intel.com.
 package nfd
 
 import (
