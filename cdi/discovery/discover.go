@@ -93,6 +93,9 @@ func (s *Scanner) Scan() (*Result, error) {
 	outs := s.readCards(realDir, cards)
 
 	res := &Result{Devices: make([]Device, 0, len(cards))}
+	// A PCI function is one device: its address is its CDI name and its
+	// kubelet ID, and a spec naming it twice is refused whole.
+	owner := map[string]string{}
 	for i, c := range cards {
 		var no *errNotOurs
 		switch err := outs[i].err; {
@@ -100,7 +103,11 @@ func (s *Scanner) Scan() (*Result, error) {
 			res.Ignored = append(res.Ignored, Skip{Name: c.name, Reason: no.reason})
 		case err != nil:
 			res.Skipped = append(res.Skipped, Skip{Name: c.name, Reason: err.Error()})
+		case owner[outs[i].dev.PCIAddress] != "":
+			pci := outs[i].dev.PCIAddress
+			res.Skipped = append(res.Skipped, Skip{Name: c.name, Reason: fmt.Sprintf("PCI function %s is already %s", pci, owner[pci])})
 		default:
+			owner[outs[i].dev.PCIAddress] = c.name
 			res.Devices = append(res.Devices, *outs[i].dev)
 		}
 	}
@@ -157,6 +164,11 @@ func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
 	cardDir, err := resolveCard(classDir, name)
 	if err != nil {
 		return nil, err
+	}
+	// The kernel links cardN to a device named cardN; a link to another
+	// card would hand that card out twice under two names.
+	if filepath.Base(cardDir) != name {
+		return nil, fmt.Errorf("%s leads to %s, not to %s", filepath.Join(classDir, name), cardDir, name)
 	}
 	fnDir, err := functionDir(cardDir)
 	if err != nil {
