@@ -5,6 +5,7 @@ package spec
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	"tags.cncf.io/container-device-interface/pkg/parser"
@@ -24,6 +25,11 @@ const (
 // ErrNoDevices is returned when there is no usable GPU to put in a spec: a
 // CDI spec without devices is invalid.
 var ErrNoDevices = errors.New("no usable Intel GPU")
+
+// ErrBadDevice is returned (wrapped, naming the device) for a device that
+// no valid spec can carry: the CDI library refuses a whole spec for one bad
+// or duplicate name, so Build refuses it first and says which device.
+var ErrBadDevice = errors.New("device cannot go in a CDI spec")
 
 // ByPath says which udev by-path links go into the spec.
 type ByPath string
@@ -106,15 +112,21 @@ func Names(d *discovery.Device) []string { return []string{d.Card, d.PCIAddress}
 
 // Build returns the spec for the usable devices in devs: two entries per
 // GPU (card name and PCI address) and "all". It returns ErrNoDevices when
-// none is usable. cdiVersion is the lowest that expresses the spec, so
-// older runtimes still read it.
+// none is usable, and ErrBadDevice for a usable device whose name the CDI
+// library would refuse or another device already has, or whose paths are
+// not absolute. cdiVersion is the lowest that expresses the spec, so older
+// runtimes still read it.
 func (b *Builder) Build(devs []discovery.Device) (*specs.Spec, error) {
 	s := &specs.Spec{Kind: b.Kind()}
 	var all specs.ContainerEdits
+	owner := map[string]string{AllDevice: "the device of all GPUs"}
 	for i := range devs {
 		d := &devs[i]
 		if !d.Usable() {
 			continue
+		}
+		if err := b.check(d, owner); err != nil {
+			return nil, err
 		}
 		for _, name := range Names(d) {
 			s.Devices = append(s.Devices, specs.Device{Name: name, ContainerEdits: b.edits(d)})
@@ -134,6 +146,38 @@ func (b *Builder) Build(devs []discovery.Device) (*specs.Spec, error) {
 	}
 	s.Version = v
 	return s, nil
+}
+
+// check refuses a device that no valid spec can carry, and records its
+// names in owner.
+func (b *Builder) check(d *discovery.Device, owner map[string]string) error {
+	who := fmt.Sprintf("GPU %q (%q)", d.PCIAddress, d.Card)
+	for _, name := range Names(d) {
+		if err := parser.ValidateDeviceName(name); err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrBadDevice, who, err)
+		}
+		if other, taken := owner[name]; taken {
+			return fmt.Errorf("%w: %s: CDI name %q is already %s", ErrBadDevice, who, name, other)
+		}
+	}
+	paths := []string{}
+	for _, n := range d.Nodes() {
+		paths = append(paths, n.Path, n.HostPath)
+	}
+	if b.byPath == ByPathSingle {
+		for _, l := range d.ByPath {
+			paths = append(paths, l.Path, l.HostPath)
+		}
+	}
+	for _, p := range paths {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("%w: %s: path %q is not absolute", ErrBadDevice, who, p)
+		}
+	}
+	for _, name := range Names(d) {
+		owner[name] = who
+	}
+	return nil
 }
 
 // edits returns what a container needs for one GPU. Each device's slices
