@@ -66,7 +66,7 @@ func notOurs(format string, args ...any) error {
 // cannot be read is skipped with a reason and never stops the scan.
 func (s *Scanner) Scan() (*Result, error) {
 	dir := s.ClassDRMDir()
-	entries, err := os.ReadDir(dir)
+	entries, err := readDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Result{}, nil
 	}
@@ -323,7 +323,7 @@ func functionDir(cardDir string) (string, error) {
 // not (render minors are handed out in probe order).
 func renderOf(fnDir string) (string, error) {
 	dir := filepath.Join(fnDir, "drm")
-	entries, err := os.ReadDir(dir)
+	entries, err := readDir(dir)
 	if err != nil {
 		return "", fmt.Errorf("reading %s: %w", dir, err)
 	}
@@ -434,7 +434,9 @@ const maxAttr = 64
 func readAttr(p string) (string, error) {
 	var fd int
 	err := ignoringEINTR(func() (err error) {
-		fd, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		// O_NONBLOCK: a FIFO where an attribute belongs would block a
+		// plain open forever; sysfs attributes ignore the flag.
+		fd, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 		return err
 	})
 	if err != nil {
@@ -456,6 +458,20 @@ func readAttr(p string) (string, error) {
 		return "", fmt.Errorf("reading %s: longer than %d bytes", p, maxAttr)
 	}
 	return string(buf[:n]), nil
+}
+
+// readDir is os.ReadDir for a directory of sysfs. O_DIRECTORY refuses
+// anything else at once: a FIFO where a directory belongs would block a
+// plain open forever.
+func readDir(dir string) ([]os.DirEntry, error) {
+	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	entries, err := f.ReadDir(-1)
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
+	return entries, err
 }
 
 func ignoringEINTR(f func() error) error {

@@ -1,0 +1,278 @@
+package reliability_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+)
+
+// waitFor bounds every wait: a deadline for a hang, not a speed goal.
+const waitFor = 20 * time.Second
+
+// counter is a kubeplugin.Observer that counts what the plugin reports.
+type counter struct {
+	specWrites, specWriteErrs atomic.Int64
+	rescans, rescanErrs       atomic.Int64
+	regErrs, restarts         atomic.Int64
+}
+
+var _ kubeplugin.Observer = (*counter)(nil)
+
+func (c *counter) Devices(string, int, int)   {}
+func (c *counter) Allocation(string, error)   {}
+func (c *counter) Registration(_ string, err error) {
+	if err != nil {
+		c.regErrs.Add(1)
+	}
+}
+func (c *counter) KubeletRestart() { c.restarts.Add(1) }
+func (c *counter) SpecWrite(err error) {
+	c.specWrites.Add(1)
+	if err != nil {
+		c.specWriteErrs.Add(1)
+	}
+}
+func (c *counter) Rescan(_ time.Duration, err error) {
+	c.rescans.Add(1)
+	if err != nil {
+		c.rescanErrs.Add(1)
+	}
+}
+
+// logBuffer collects the plugin's log lines for assertions.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// lines returns the log lines that contain every one of parts.
+func (b *logBuffer) lines(parts ...string) []string {
+	var out []string
+next:
+	for _, l := range strings.Split(b.String(), "\n") {
+		for _, p := range parts {
+			if !strings.Contains(l, p) {
+				continue next
+			}
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// rig is the real plugin, in this process, on a fake node with a fake kubelet.
+type rig struct {
+	t       testing.TB
+	node    *fakenode.Node
+	kubelet *fakekubelet.Kubelet
+	specDir string
+	plugin  *kubeplugin.Plugin
+	obs     *counter
+	log     *logBuffer
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+type rigConfig struct {
+	fixtures []func(*fakenode.Node) error
+	specDir  string // default: a new temporary directory
+	sockDir  string // default: a new short temporary directory
+	opts     []kubeplugin.Option
+	noStart  bool
+}
+
+// shortTempDir returns a directory with a path short enough for unix
+// sockets (108 bytes), removed when the test ends.
+func shortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func newRig(t testing.TB, c rigConfig) *rig {
+	t.Helper()
+	node := fakenode.NewT(t)
+	node.MustApply(t, c.fixtures...)
+	if c.sockDir == "" {
+		c.sockDir = shortTempDir(t)
+	}
+	if c.specDir == "" {
+		c.specDir = filepath.Join(t.TempDir(), "cdi")
+	}
+	k, err := fakekubelet.Start(c.sockDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	r := &rig{t: t, node: node, kubelet: k, specDir: c.specDir, obs: &counter{}, log: &logBuffer{}}
+	opts := append([]kubeplugin.Option{
+		kubeplugin.WithScanner(discovery.New(discovery.WithSysfsRoot(node.Sys), discovery.WithDevRoot(node.Dev))),
+		kubeplugin.WithKubeletSocketDir(c.sockDir),
+		kubeplugin.WithCDISpecDir(c.specDir),
+		kubeplugin.WithObserver(r.obs),
+		kubeplugin.WithLogger(slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))),
+	}, c.opts...)
+	r.plugin, err = kubeplugin.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.noStart {
+		r.start()
+	}
+	return r
+}
+
+func (r *rig) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.done = make(chan error, 1)
+	go func() { r.done <- r.plugin.Run(ctx) }()
+	r.t.Cleanup(r.stop)
+}
+
+// stop ends the plugin and checks that it returned cleanly.
+func (r *rig) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	select {
+	case err := <-r.done:
+		if err != nil {
+			r.t.Errorf("plugin Run returned %v", err)
+		}
+	case <-time.After(waitFor):
+		r.t.Error("plugin did not stop")
+	}
+}
+
+// alive fails the test if Run has returned: it must run until cancelled.
+func (r *rig) alive() {
+	r.t.Helper()
+	select {
+	case err := <-r.done:
+		r.t.Fatalf("plugin Run returned on its own: %v", err)
+	default:
+	}
+}
+
+func ctxFor(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// registered waits for the n-th registration of resource and dials it.
+func (r *rig) registered(resource string, n int) *fakekubelet.Client {
+	r.t.Helper()
+	req, err := r.kubelet.WaitRegistration(ctxFor(r.t, waitFor), resource, n)
+	if err != nil {
+		r.t.Fatalf("%v\nplugin log:\n%s", err, r.log)
+	}
+	c, err := r.kubelet.Dial(req.Endpoint)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// watch opens ListAndWatch on c until the test ends.
+func (r *rig) watch(c *fakekubelet.Client) <-chan []*pluginapi.Device {
+	r.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r.t.Cleanup(cancel)
+	ch, err := c.Watch(ctx)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return ch
+}
+
+// nextList waits for a list that satisfies ok and returns it.
+func (r *rig) nextList(ch <-chan []*pluginapi.Device, what string, ok func([]*pluginapi.Device) bool) []*pluginapi.Device {
+	r.t.Helper()
+	deadline := time.After(waitFor)
+	var last []*pluginapi.Device
+	for {
+		select {
+		case l, open := <-ch:
+			if !open {
+				r.t.Fatalf("ListAndWatch ended while waiting for %s; last list %v", what, ids(last))
+			}
+			last = l
+			if ok(l) {
+				return l
+			}
+		case <-deadline:
+			r.t.Fatalf("timed out waiting for %s; last list %v\nplugin log:\n%s", what, ids(last), r.log)
+		}
+	}
+}
+
+func ids(l []*pluginapi.Device) []string {
+	out := make([]string, len(l))
+	for i, d := range l {
+		out[i] = d.ID + "/" + d.Health
+	}
+	return out
+}
+
+func allocate(ctx context.Context, c *fakekubelet.Client, idsPerContainer ...[]string) (*pluginapi.AllocateResponse, error) {
+	req := &pluginapi.AllocateRequest{}
+	for _, ids := range idsPerContainer {
+		req.ContainerRequests = append(req.ContainerRequests, &pluginapi.ContainerAllocateRequest{DevicesIds: ids})
+	}
+	return c.Allocate(ctx, req)
+}
+
+func cdiNames(r *pluginapi.ContainerAllocateResponse) []string {
+	var out []string
+	for _, d := range r.CdiDevices {
+		out = append(out, d.Name)
+	}
+	return out
+}
+
+// eventually polls cond until it holds or waitFor passes.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
