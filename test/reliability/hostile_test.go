@@ -151,9 +151,11 @@ func TestHostileSysfs(t *testing.T) {
 	}{
 		// Symlink loops.
 		{
-			name:    "a class/drm card link that loops on itself",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(n.Sys, "class/drm/card0"), symlinkTo("card0")) },
-			want:    skipped, reason: "class/drm/card0",
+			name: "a class/drm card link that loops on itself",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
+				replaceWith(t, filepath.Join(n.Sys, "class/drm/card0"), symlinkTo("card0"))
+			},
+			want: skipped, reason: "class/drm/card0",
 		},
 		{
 			name: "two class/drm card links that lead to each other",
@@ -164,24 +166,32 @@ func TestHostileSysfs(t *testing.T) {
 			want: skipped, reason: "class/drm/card0",
 		},
 		{
-			name:    "the function's drm folder is a link to itself",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(fn, "drm"), symlinkTo("drm")) },
-			want:    skipped, reason: "class/drm/card0",
+			name: "the function's drm folder is a link to itself",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
+				replaceWith(t, filepath.Join(fn, "drm"), symlinkTo("drm"))
+			},
+			want: skipped, reason: "class/drm/card0",
 		},
 		{
-			name:    "the vendor attribute is a link to itself",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(fn, "vendor"), symlinkTo("vendor")) },
-			want:    skipped, reason: brokenPCI + "/vendor",
+			name: "the vendor attribute is a link to itself",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
+				replaceWith(t, filepath.Join(fn, "vendor"), symlinkTo("vendor"))
+			},
+			want: skipped, reason: brokenPCI + "/vendor",
 		},
 		{
-			name:    "the physfn link loops on itself",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(fn, "physfn"), symlinkTo("physfn")) },
-			want:    skipped, reason: brokenPCI + "/physfn",
+			name: "the physfn link loops on itself",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
+				replaceWith(t, filepath.Join(fn, "physfn"), symlinkTo("physfn"))
+			},
+			want: skipped, reason: brokenPCI + "/physfn",
 		},
 		{
-			name:    "the driver link loops on itself",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(fn, "driver"), symlinkTo("driver")) },
-			want:    ignored, reason: "driver",
+			name: "the driver link loops on itself",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
+				replaceWith(t, filepath.Join(fn, "driver"), symlinkTo("driver"))
+			},
+			want: ignored, reason: "driver",
 		},
 		{
 			name: "the card's device node is a link to itself",
@@ -242,9 +252,11 @@ func TestHostileSysfs(t *testing.T) {
 			want:    skipped, reason: brokenPCI + "/vendor",
 		},
 		{
-			name:    "the card's dev attribute is a FIFO",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(fn, "drm/card0/dev"), fifo) },
-			want:    skipped, reason: brokenPCI + "/drm/card0/dev",
+			name: "the card's dev attribute is a FIFO",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
+				replaceWith(t, filepath.Join(fn, "drm/card0/dev"), fifo)
+			},
+			want: skipped, reason: brokenPCI + "/drm/card0/dev",
 		},
 		{
 			name:    "the function's drm folder is a FIFO",
@@ -252,14 +264,18 @@ func TestHostileSysfs(t *testing.T) {
 			want:    skipped, reason: "class/drm/card0",
 		},
 		{
-			name:    "class/drm itself is a FIFO",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(n.Sys, "class/drm"), fifo) },
-			want:    scanErr, reason: "class/drm",
+			name: "class/drm itself is a FIFO",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
+				replaceWith(t, filepath.Join(n.Sys, "class/drm"), fifo)
+			},
+			want: scanErr, reason: "class/drm",
 		},
 		{
-			name:    "the numa_node attribute is an endless char device",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(fn, "numa_node"), symlinkTo("/dev/zero")) },
-			want:    skipped, reason: brokenPCI + "/numa_node",
+			name: "the numa_node attribute is an endless char device",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
+				replaceWith(t, filepath.Join(fn, "numa_node"), symlinkTo("/dev/zero"))
+			},
+			want: skipped, reason: brokenPCI + "/numa_node",
 		},
 		{
 			name: "the vendor attribute is a megabyte",

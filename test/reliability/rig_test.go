@@ -32,8 +32,8 @@ type counter struct {
 
 var _ kubeplugin.Observer = (*counter)(nil)
 
-func (c *counter) Devices(string, int, int)   {}
-func (c *counter) Allocation(string, error)   {}
+func (c *counter) Devices(string, int, int) {}
+func (c *counter) Allocation(string, error) {}
 func (c *counter) Registration(_ string, err error) {
 	if err != nil {
 		c.regErrs.Add(1)
