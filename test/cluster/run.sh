@@ -56,6 +56,15 @@ declare -A path_before
 for p in "${host_paths[@]}"; do [[ -e $p ]] && path_before[$p]=1; done
 declare -A cg_before
 for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do [[ -d $h/kubepods ]] && cg_before[$h]=1; done
+# iptables chains the kubelet creates (for ip and ip6), and its jumps to KUBE-FIREWALL.
+ipt_chains=(mangle/KUBE-IPTABLES-HINT mangle/KUBE-KUBELET-CANARY nat/KUBE-KUBELET-CANARY filter/KUBE-KUBELET-CANARY filter/KUBE-FIREWALL)
+declare -A ipt_before
+for bin in iptables ip6tables; do
+	command -v $bin >/dev/null || continue
+	for tc in "${ipt_chains[@]}"; do
+		$bin -w -t "${tc%%/*}" -S "${tc#*/}" >/dev/null 2>&1 && ipt_before[$bin/$tc]=1
+	done
+done
 declare -A rigdir_before
 for d in /tmp/igc-e2e-*; do [[ -d $d && $d != "$work" ]] && rigdir_before[$d]=1; done
 
@@ -85,6 +94,19 @@ restore_host() {
 	for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
 		[[ -z ${cg_before[$h]:-} && -d $h/kubepods ]] || continue
 		find "$h/kubepods" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	done
+	for bin in iptables ip6tables; do
+		command -v $bin >/dev/null || continue
+		if [[ -z ${ipt_before[$bin/filter/KUBE-FIREWALL]:-} ]]; then
+			while $bin -w -t filter -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+			while $bin -w -t filter -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+		fi
+		for tc in "${ipt_chains[@]}"; do
+			[[ -z ${ipt_before[$bin/$tc]:-} ]] || continue
+			if $bin -w -t "${tc%%/*}" -S "${tc#*/}" >/dev/null 2>&1; then
+				$bin -w -t "${tc%%/*}" -F "${tc#*/}" && $bin -w -t "${tc%%/*}" -X "${tc#*/}" && log "removed $bin chain $tc"
+			fi
+		done
 	done
 	rm -rf "$work"
 	exit "$rc"

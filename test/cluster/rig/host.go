@@ -49,11 +49,12 @@ type HostState struct {
 	sysctls map[string]string
 	absent  []string
 	cgroups []string // kubepods dirs absent before the run
+	ipt     iptablesState
 }
 
 // SnapshotHost records the sysctls, host paths and cgroups the rig may change.
 func SnapshotHost() (*HostState, error) {
-	s := &HostState{sysctls: map[string]string{}}
+	s := &HostState{sysctls: map[string]string{}, ipt: snapshotIptables()}
 	for _, name := range KubeletSysctls {
 		v, err := os.ReadFile(sysctlPath(name))
 		if errors.Is(err, fs.ErrNotExist) {
@@ -84,8 +85,8 @@ func SnapshotHost() (*HostState, error) {
 func (s *HostState) Sysctls() map[string]string { return s.sysctls }
 
 // Restore puts the sysctls back, unmounts what is left mounted under the
-// paths that did not exist before, removes those paths and the cgroups the
-// kubelet created. It goes on past errors and returns them all.
+// paths that did not exist before, removes those paths, the cgroups and the
+// iptables chains the kubelet created. It goes on past errors and returns them all.
 func (s *HostState) Restore() error {
 	var errs []error
 	for name, want := range s.sysctls {
@@ -110,6 +111,9 @@ func (s *HostState) Restore() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := s.ipt.restore(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -128,6 +132,7 @@ func (s *HostState) Changes() []string {
 			out = append(out, p+" exists, did not before")
 		}
 	}
+	out = append(out, s.ipt.changes()...)
 	sort.Strings(out)
 	return out
 }

@@ -35,7 +35,10 @@ func GPUPod(name string, limits map[string]int) ([]byte, error) {
 			"labels":    map[string]string{"app.kubernetes.io/part-of": "intel-gpu-cdi-e2e"},
 		},
 		"spec": map[string]any{
-			"restartPolicy":                 "Never",
+			"restartPolicy": "Never",
+			// No CNI on the rig: a host-network pod needs none, and the
+			// container's view of /dev/dri does not depend on it.
+			"hostNetwork":                   true,
 			"terminationGracePeriodSeconds": 1,
 			"containers": []map[string]any{{
 				"name":            "gpu",
@@ -155,7 +158,7 @@ type Running struct {
 // /dev/dri listing.
 func (r *Rig) WaitRunning(ctx context.Context, name string, timeout time.Duration) (*Running, error) {
 	var run Running
-	err := WaitFor(timeout, 100*time.Millisecond, func() (bool, error) {
+	err := waitForUnless(timeout, func() (bool, error) {
 		ctrs, err := r.Containers(ctx, name)
 		if err != nil {
 			return false, err
@@ -173,6 +176,9 @@ func (r *Rig) WaitRunning(ctx context.Context, name string, timeout time.Duratio
 			}
 			run.ID, run.Logs = c.ID, string(logs)
 			return true, nil
+		}
+		if st, err := r.KubeletPodStatus(ctx, name); err == nil && st.Status.Phase == "Failed" {
+			return false, &PodFailedError{Pod: name, Reason: st.Status.Reason, Message: st.Status.Message}
 		}
 		return false, fmt.Errorf("pod %s: no running container (%d listed)", name, len(ctrs))
 	})
@@ -192,6 +198,32 @@ func (r *Rig) WaitRunning(ctx context.Context, name string, timeout time.Duratio
 		}
 	}
 	return &run, nil
+}
+
+// PodFailedError is a pod the kubelet has given up on (rejected at
+// admission, or its container failed).
+type PodFailedError struct{ Pod, Reason, Message string }
+
+func (e *PodFailedError) Error() string {
+	return fmt.Sprintf("pod %s failed: %s: %s", e.Pod, e.Reason, e.Message)
+}
+
+// waitForUnless is WaitFor that gives up at once on a PodFailedError.
+func waitForUnless(timeout time.Duration, cond func() (bool, error)) error {
+	var failed *PodFailedError
+	var final error
+	err := WaitFor(timeout, 100*time.Millisecond, func() (bool, error) {
+		ok, err := cond()
+		if errors.As(err, &failed) {
+			final = err
+			return true, nil
+		}
+		return ok, err
+	})
+	if final != nil {
+		return final
+	}
+	return err
 }
 
 // KubeletPod is the part of the kubelet's pod list the suite reads.

@@ -94,25 +94,23 @@ func run(ctx context.Context, c config) error {
 		servers = append(servers, &server{
 			resource: "gpu.intel.com/" + driver,
 			sock:     filepath.Join(c.socketDir, "stub-intel-gpu-"+driver+".sock"),
-			kubelet:  filepath.Join(c.socketDir, pluginapi.KubeletSocket),
+			kubelet:  filepath.Join(c.socketDir, "kubelet.sock"),
 			devices:  list, pci: pci, builder: b, strategy: c.strategy,
 		})
 	}
-	var lastInode uint64
 	for {
-		ino := inode(filepath.Join(c.socketDir, pluginapi.KubeletSocket))
-		if ino != 0 && ino != lastInode {
-			// A new kubelet wiped our sockets: serve and register again.
-			ok := true
+		// Register at start and whenever a (new) kubelet has wiped our
+		// sockets; its kubelet.sock must exist first.
+		if _, err := os.Stat(filepath.Join(c.socketDir, "kubelet.sock")); err == nil {
 			for _, s := range servers {
+				if _, err := os.Stat(s.sock); err == nil && s.grpc != nil {
+					continue
+				}
 				if err := s.restart(ctx); err != nil {
 					log.Printf("%s: %v", s.resource, err)
-					ok = false
+					continue
 				}
-			}
-			if ok {
-				lastInode = ino
-				log.Printf("registered %d resources with kubelet (inode %d)", len(servers), ino)
+				log.Printf("%s: registered", s.resource)
 			}
 		}
 		select {
@@ -124,14 +122,6 @@ func run(ctx context.Context, c config) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-func inode(p string) uint64 {
-	var st syscall.Stat_t
-	if syscall.Stat(p, &st) != nil {
-		return 0
-	}
-	return st.Ino
 }
 
 type server struct {
