@@ -314,7 +314,7 @@ func (s *suite) runPod(ctx context.Context, t *testing.T, name string, limits ma
 		t.Logf("pod %s: created -> container running in %s", name, d.Round(time.Millisecond))
 	}
 	listing := rig.ParseListing(run.Logs)
-	t.Logf("pod %s sees /dev/dri: %v by-path: %v", name, listing.Nodes, listing.ByPath)
+	t.Logf("pod %s sees /dev/dri: %v, by-path links %v, by-path nodes %v", name, listing.Nodes, listing.ByPath, listing.ByPathDevs)
 	got, err := rig.MatchGPUs(listing, s.gpus)
 	if err != nil {
 		t.Fatalf("pod %s: %v\n%s", name, err, run.Logs)
