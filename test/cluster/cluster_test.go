@@ -114,9 +114,11 @@ func TestKubeletWithCDI(t *testing.T) {
 	for _, step := range steps {
 		ok := t.Run(step.name, func(t *testing.T) { step.run(ctx, t) })
 		// Whatever a step left running must not leak into the next one.
+		cleanStart := time.Now()
 		if err := r.DeleteAllPods(ctx); err != nil {
 			t.Errorf("cleaning up after %q: %v", step.name, err)
 		}
+		t.Logf("pods of %q removed in %s", step.name, time.Since(cleanStart).Round(time.Millisecond))
 		if !ok && !s.pluginAlive() {
 			t.Logf("the plugin died during %q; restarting it with defaults", step.name)
 			s.restartPlugin(ctx, t, 1)
@@ -135,9 +137,11 @@ func teardown(t *testing.T, r *rig.Rig) {
 		}
 	}
 	dir := r.Dir
+	start := time.Now()
 	if err := r.Close(); err != nil {
 		t.Errorf("tearing the rig down: %v", err)
 	}
+	t.Logf("rig torn down and host restored in %s", time.Since(start).Round(time.Millisecond))
 	if changes := r.Host().Changes(); len(changes) > 0 {
 		t.Errorf("the host differs from before the run: %v", changes)
 	}

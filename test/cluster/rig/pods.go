@@ -16,8 +16,9 @@ import (
 )
 
 // ListScript is what a GPU pod's container runs: its own view of /dev/dri,
-// then a marker the suite waits for, then it idles.
-const ListScript = `ls -l /dev/dri; echo "--- by-path"; ls -l /dev/dri/by-path 2>&1; echo "=== end"; exec sleep 86400`
+// then a marker the suite waits for, then it idles until SIGTERM (as PID 1
+// it would otherwise ignore SIGTERM and wait out the grace period).
+const ListScript = `ls -l /dev/dri; echo "--- by-path"; ls -l /dev/dri/by-path 2>&1; echo "=== end"; trap "exit 0" TERM; sleep 86400 & wait`
 
 // GPUPod is a static pod manifest: one busybox container that lists
 // /dev/dri with limits on the given extended resources.
@@ -108,17 +109,24 @@ func (r *Rig) DeletePod(ctx context.Context, name string) error {
 	})
 }
 
-// DeleteAllPods removes every manifest and waits for each pod to stop.
+// DeleteAllPods removes every manifest, then waits for each pod to stop.
 func (r *Rig) DeleteAllPods(ctx context.Context) error {
 	entries, err := os.ReadDir(r.ManifestDir)
 	if err != nil {
 		return err
 	}
-	var errs []error
+	var names []string
 	for _, e := range entries {
 		if name, ok := strings.CutSuffix(e.Name(), ".json"); ok {
-			errs = append(errs, r.DeletePod(ctx, name))
+			names = append(names, name)
+			if err := os.Remove(filepath.Join(r.ManifestDir, e.Name())); err != nil {
+				return err
+			}
 		}
+	}
+	var errs []error
+	for _, name := range names {
+		errs = append(errs, r.DeletePod(ctx, name))
 	}
 	return errors.Join(errs...)
 }
