@@ -65,6 +65,10 @@ for bin in iptables ip6tables; do
 		$bin -w -t "${tc%%/*}" -S "${tc#*/}" >/dev/null 2>&1 && ipt_before[$bin/$tc]=1
 	done
 done
+declare -A nft_before
+if command -v nft >/dev/null; then
+	while read -r _ fam name; do nft_before["$fam $name"]=1; done < <(nft list tables 2>/dev/null)
+fi
 declare -A rigdir_before
 for d in /tmp/igc-e2e-*; do [[ -d $d && $d != "$work" ]] && rigdir_before[$d]=1; done
 
@@ -91,9 +95,18 @@ restore_host() {
 			rm -rf "$p" && log "removed $p"
 		fi
 	done
+	# Container processes that outlived their killed shims sit in the
+	# kubelet's cgroups, which did not exist before the run: they are ours.
 	for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
 		[[ -z ${cg_before[$h]:-} && -d $h/kubepods ]] || continue
-		find "$h/kubepods" -depth -type d -exec rmdir {} + 2>/dev/null || true
+		for pid in $(find "$h/kubepods" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u); do
+			kill -KILL "$pid" 2>/dev/null || true
+		done
+	done
+	sleep 0.5
+	for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+		[[ -z ${cg_before[$h]:-} && -d $h/kubepods ]] || continue
+		find "$h/kubepods" -depth -type d -exec rmdir {} + 2>/dev/null || log "could not remove cgroup $h/kubepods"
 	done
 	for bin in iptables ip6tables; do
 		command -v $bin >/dev/null || continue
@@ -108,6 +121,14 @@ restore_host() {
 			fi
 		done
 	done
+	# nftables tables the kubelet's chains brought into being, now empty.
+	if command -v nft >/dev/null; then
+		while read -r _ fam name; do
+			[[ -z ${nft_before["$fam $name"]:-} ]] || continue
+			nft list table "$fam" "$name" 2>/dev/null | grep -qvE '^[[:space:]]*(table |chain |type |}|#|$)' && continue
+			nft delete table "$fam" "$name" && log "removed empty nftables table $fam $name"
+		done < <(nft list tables 2>/dev/null)
+	fi
 	rm -rf "$work"
 	exit "$rc"
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -106,6 +107,13 @@ func (s *HostState) Restore() error {
 			errs = append(errs, fmt.Errorf("removing %s: %w", p, err))
 		}
 	}
+	// Container processes that outlived their shim (a killed run) are still
+	// in the kubelet's cgroups, which did not exist before: they are ours.
+	for _, p := range s.cgroups {
+		if err := KillPIDs(cgroupPIDs(p)); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, p := range s.cgroups {
 		if err := removeCgroupTree(p); err != nil {
 			errs = append(errs, err)
@@ -178,6 +186,27 @@ func removeCgroupTree(root string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cgroupPIDs lists the processes in a cgroup tree.
+func cgroupPIDs(root string) []int {
+	var pids []int
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.Name() != "cgroup.procs" {
+			return nil
+		}
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return nil
+		}
+		for _, f := range strings.Fields(string(raw)) {
+			if pid, err := strconv.Atoi(f); err == nil && !slices.Contains(pids, pid) {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	return pids
 }
 
 type mount struct{ point, fstype string }
