@@ -82,6 +82,9 @@ func (p *Plugin) Run(ctx context.Context) error {
 	}
 	p.removeOtherEncoding()
 
+	if n := len(filepath.Clean(p.cfg.KubeletSocketDir)); n > MaxKubeletSocketDirLen {
+		return fmt.Errorf("kubelet socket directory %s: %d bytes is too long for the sockets in it (at most %d)", p.cfg.KubeletSocketDir, n, MaxKubeletSocketDirLen)
+	}
 	if err := os.MkdirAll(p.cfg.KubeletSocketDir, 0o750); err != nil {
 		return fmt.Errorf("creating kubelet socket directory %s: %w", p.cfg.KubeletSocketDir, err)
 	}

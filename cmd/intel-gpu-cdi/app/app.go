@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 
@@ -76,6 +78,34 @@ func (c *commonConfig) flags() []cli.Flag {
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: env("log-format"), Destination: &c.LogFormat},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "log at debug level (same as --log-level debug)", EnvVars: env("verbose"), Destination: &c.Verbose},
 	}
+}
+
+// checkRoots makes --sysfs-root and --dev-root absolute and checks that
+// they are directories. Every path read and every hostPath written starts
+// there: a relative dev root would put relative hostPaths in the spec, and
+// a mistyped root would read as a node without GPUs.
+func (c *commonConfig) checkRoots() error {
+	for _, r := range []struct {
+		flag string
+		path *string
+	}{{"--sysfs-root", &c.SysfsRoot}, {"--dev-root", &c.DevRoot}} {
+		if *r.path == "" {
+			return fmt.Errorf("%s: must not be empty", r.flag)
+		}
+		abs, err := filepath.Abs(*r.path)
+		if err != nil {
+			return fmt.Errorf("%s: %w", r.flag, err)
+		}
+		fi, err := os.Stat(abs)
+		if err != nil {
+			return fmt.Errorf("%s: %w", r.flag, err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s: %s is not a directory", r.flag, abs)
+		}
+		*r.path = abs
+	}
+	return nil
 }
 
 // logger builds the process logger from the logging flags.

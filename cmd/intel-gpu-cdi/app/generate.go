@@ -33,6 +33,9 @@ func generateCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if err := common.checkRoots(); err != nil {
+				return err
+			}
 			// Every flag is checked before anything is read or written.
 			b, err := specCfg.builder()
 			if err != nil {

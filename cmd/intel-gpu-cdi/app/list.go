@@ -32,6 +32,9 @@ func listCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if err := common.checkRoots(); err != nil {
+				return err
+			}
 			res, err := discovery.New(discovery.WithSysfsRoot(common.SysfsRoot), discovery.WithDevRoot(common.DevRoot)).Scan()
 			if err != nil {
 				return err

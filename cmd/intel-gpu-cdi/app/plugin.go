@@ -3,7 +3,9 @@ package app
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,6 +18,9 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
 )
+
+// minResyncPeriod is the shortest --resync-period other than 0.
+const minResyncPeriod = time.Second
 
 // pluginConfig holds the plugin's own flags.
 type pluginConfig struct {
@@ -68,6 +73,9 @@ func pluginCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			if err := common.checkRoots(); err != nil {
+				return err
+			}
 			opts, err := cfg.options(&specCfg)
 			if err != nil {
 				return err
@@ -97,6 +105,12 @@ func pluginCommand() *cli.Command {
 				if srv, err = metrics.Listen(cfg.MetricsAddress, obs.Handler()); err != nil {
 					return fmt.Errorf("--metrics-address: %w", err)
 				}
+			}
+			if err := cfg.checkSocketDir(); err != nil {
+				if srv != nil {
+					srv.Close()
+				}
+				return err
 			}
 
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
@@ -158,11 +172,22 @@ func (c *pluginConfig) options(specCfg *specConfig) ([]kubeplugin.Option, error)
 	if c.ResyncPeriod < 0 {
 		return nil, fmt.Errorf("--resync-period: %s is negative", c.ResyncPeriod)
 	}
-	for name, dir := range map[string]string{"--kubelet-socket-dir": c.KubeletSocketDir, "--cdi-spec-dir": c.CDISpecDir} {
-		if dir == "" {
-			return nil, fmt.Errorf("%s: must not be empty", name)
+	// A rescan reads every GPU's files and rebuilds the spec: a period of
+	// milliseconds would keep a core busy on a node where nothing changes.
+	if c.ResyncPeriod > 0 && c.ResyncPeriod < minResyncPeriod {
+		return nil, fmt.Errorf("--resync-period: %s is below %s (0 turns the resync off)", c.ResyncPeriod, minResyncPeriod)
+	}
+	for _, d := range []struct{ flag, dir string }{{"--kubelet-socket-dir", c.KubeletSocketDir}, {"--cdi-spec-dir", c.CDISpecDir}} {
+		if d.dir == "" {
+			return nil, fmt.Errorf("%s: must not be empty", d.flag)
+		}
+		// A missing directory is made at start; something else in its
+		// place would fail every write and socket for ever.
+		if fi, err := os.Stat(d.dir); err == nil && !fi.IsDir() {
+			return nil, fmt.Errorf("%s: %s is not a directory", d.flag, d.dir)
 		}
 	}
+
 	return []kubeplugin.Option{
 		kubeplugin.WithBuilder(b),
 		kubeplugin.WithKubeletSocketDir(c.KubeletSocketDir),
@@ -175,6 +200,16 @@ func (c *pluginConfig) options(specCfg *specConfig) ([]kubeplugin.Option, error)
 		kubeplugin.WithDenyIDs(deny),
 		kubeplugin.WithResyncPeriod(c.ResyncPeriod),
 	}, nil
+}
+
+// checkSocketDir refuses a --kubelet-socket-dir too long for the sockets
+// in it: the plugin would start and then fail to serve for ever.
+func (c *pluginConfig) checkSocketDir() error {
+	if n := len(filepath.Clean(c.KubeletSocketDir)); n > kubeplugin.MaxKubeletSocketDirLen {
+		return fmt.Errorf("--kubelet-socket-dir: %d bytes is too long: the plugin's socket paths in it must fit the %d bytes of a unix socket address, which leaves %d for the directory",
+			n, kubeplugin.MaxSocketPathLen, kubeplugin.MaxKubeletSocketDirLen)
+	}
+	return nil
 }
 
 // parseIDs reads a comma list of PCI device IDs.
