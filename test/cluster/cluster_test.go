@@ -61,37 +61,12 @@ func need(t *testing.T, format string, args ...any) {
 }
 
 func TestKubeletWithCDI(t *testing.T) {
-	if os.Geteuid() != 0 {
-		need(t, "needs root (mknod, mounts, cgroups)")
-	}
-	binary := os.Getenv("E2E_BINARY")
-	if binary == "" {
-		need(t, "E2E_BINARY (the intel-gpu-cdi binary) is not set")
-	}
-	if _, err := os.Stat(binary); err != nil {
-		need(t, "E2E_BINARY: %v", err)
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		need(t, "runc is not installed (apt-get install runc)")
-	}
-	versions, err := rig.ReadVersions("versions.env")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache := os.Getenv("E2E_CACHE_DIR")
-	if cache == "" {
-		cache = "/var/cache/intel-gpu-cdi-e2e"
-	}
-	bins, err := rig.FindBins(cache, versions)
-	if err != nil {
-		need(t, "%v", err)
-	}
-
+	binary, bins := prerequisites(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	r, err := rig.New(bins)
 	if r != nil {
-		t.Cleanup(func() { teardown(t, r) })
+		t.Cleanup(func() { teardown(t, r, "plugin", "kubelet", "containerd") })
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -127,10 +102,11 @@ func TestKubeletWithCDI(t *testing.T) {
 	s.report(t)
 }
 
-// teardown stops everything and checks that the host is as it was.
-func teardown(t *testing.T, r *rig.Rig) {
+// teardown stops everything and checks that the host is as it was. On
+// failure it shows the end of each named daemon's log.
+func teardown(t *testing.T, r *rig.Rig, logs ...string) {
 	if t.Failed() {
-		for _, name := range []string{"plugin", "kubelet", "containerd"} {
+		for _, name := range logs {
 			raw, _ := os.ReadFile(filepath.Join(r.LogDir, name+".log"))
 			lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
 			t.Logf("---- last lines of %s.log ----\n%s", name, strings.Join(lines[max(0, len(lines)-40):], "\n"))

@@ -11,6 +11,9 @@
 #                     (default /var/cache/intel-gpu-cdi-e2e)
 #   E2E_ARTIFACTS_DIR if set, daemon logs are copied there
 #   E2E_RESULTS_FILE  if set, timings (JSON) are written there
+#   E2E_FULL_CLUSTER  1 also builds etcd and the control plane and runs
+#                     TestFullCluster (the plugin as a DaemonSet from the
+#                     kustomize base, a pod placed by the scheduler)
 #   E2E_TEST_RUN      passed to go test -run (default: the whole suite)
 #   CI                when set, anything missing fails instead of skipping
 #
@@ -147,16 +150,18 @@ export E2E_BINARY
 
 # ---- build or reuse the pinned components ------------------------------------
 build_start=$(now_ms)
-"$here/build.sh" base
+"$here/build.sh" all
 build_s=$(secs $(($(now_ms) - build_start)))
 log "components ready in ${build_s}s (cache $E2E_CACHE_DIR)"
 
 # ---- run -------------------------------------------------------------------
 results=${E2E_RESULTS_FILE:-$work/results.json}
+tests=TestKubeletWithCDI
+[[ ${E2E_FULL_CLUSTER:-0} == 1 ]] && tests='TestKubeletWithCDI|TestFullCluster' 
 run_start=$(now_ms)
 set +e
 (cd "$here" && E2E_RESULTS_FILE=$results go test -tags e2e -count=1 -v -timeout 25m \
-	-run "${E2E_TEST_RUN:-TestKubeletWithCDI}" .)
+	-run "${E2E_TEST_RUN:-$tests}" .)
 rc=$?
 set -e
 run_s=$(secs $(($(now_ms) - run_start)))

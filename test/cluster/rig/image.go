@@ -29,6 +29,7 @@ type Image struct {
 	Ref        string
 	Files      []ImageFile
 	Entrypoint []string
+	Cmd        []string
 	Env        []string
 }
 
@@ -59,6 +60,7 @@ func WriteOCIArchive(path string, img Image) error {
 		"os":           "linux",
 		"config": map[string]any{
 			"Entrypoint": img.Entrypoint,
+			"Cmd":        img.Cmd,
 			"Env":        img.Env,
 		},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},

@@ -23,6 +23,16 @@ const ListScript = `ls -l /dev/dri; echo "--- by-path"; ls -l /dev/dri/by-path 2
 // GPUPod is a static pod manifest: one busybox container that lists
 // /dev/dri with limits on the given extended resources.
 func GPUPod(name string, limits map[string]int) ([]byte, error) {
+	return json.MarshalIndent(gpuPod(name, limits, true), "", "  ")
+}
+
+// ClusterGPUPod is GPUPod for the API server: the pod has its own network
+// namespace (the full-cluster rig has a CNI).
+func ClusterGPUPod(name string, limits map[string]int) ([]byte, error) {
+	return json.MarshalIndent(gpuPod(name, limits, false), "", "  ")
+}
+
+func gpuPod(name string, limits map[string]int, hostNetwork bool) map[string]any {
 	lim := map[string]string{}
 	for k, v := range limits {
 		lim[k] = fmt.Sprint(v)
@@ -37,9 +47,9 @@ func GPUPod(name string, limits map[string]int) ([]byte, error) {
 		},
 		"spec": map[string]any{
 			"restartPolicy": "Never",
-			// No CNI on the rig: a host-network pod needs none, and the
-			// container's view of /dev/dri does not depend on it.
-			"hostNetwork":                   true,
+			// The static-pod rig has no CNI: a host-network pod needs none,
+			// and the container's view of /dev/dri does not depend on it.
+			"hostNetwork":                   hostNetwork,
 			"terminationGracePeriodSeconds": 1,
 			"containers": []map[string]any{{
 				"name":            "gpu",
@@ -50,7 +60,7 @@ func GPUPod(name string, limits map[string]int) ([]byte, error) {
 			}},
 		},
 	}
-	return json.MarshalIndent(pod, "", "  ")
+	return pod
 }
 
 // StaticPodName is the name the kubelet gives a static pod: <name>-<node>.
@@ -139,7 +149,12 @@ type Container struct {
 
 // Containers lists the containers of a static pod.
 func (r *Rig) Containers(ctx context.Context, name string) ([]Container, error) {
-	out, err := r.Crictl(ctx, "ps", "-a", "--label", "io.kubernetes.pod.name="+StaticPodName(name), "-o", "json")
+	return r.PodContainers(ctx, StaticPodName(name))
+}
+
+// PodContainers lists the containers of a pod by its full name.
+func (r *Rig) PodContainers(ctx context.Context, podName string) ([]Container, error) {
+	out, err := r.Crictl(ctx, "ps", "-a", "--label", "io.kubernetes.pod.name="+podName, "-o", "json")
 	if err != nil {
 		return nil, err
 	}
@@ -162,12 +177,24 @@ type Running struct {
 	Inspect map[string]any
 }
 
-// WaitRunning waits until the pod's container runs and has printed its
-// /dev/dri listing.
+// WaitRunning waits until the static pod's container runs and has printed
+// its /dev/dri listing; it gives up early if the kubelet fails the pod.
 func (r *Rig) WaitRunning(ctx context.Context, name string, timeout time.Duration) (*Running, error) {
+	return r.WaitPodRunning(ctx, StaticPodName(name), timeout, func() error {
+		if st, err := r.KubeletPodStatus(ctx, name); err == nil && st.Status.Phase == "Failed" {
+			return &PodFailedError{Pod: name, Reason: st.Status.Reason, Message: st.Status.Message}
+		}
+		return nil
+	})
+}
+
+// WaitPodRunning waits until a pod's container (by the pod's full name) runs
+// and has printed its /dev/dri listing. failed, if not nil, is asked while
+// waiting whether the pod has failed for good.
+func (r *Rig) WaitPodRunning(ctx context.Context, podName string, timeout time.Duration, failed func() error) (*Running, error) {
 	var run Running
 	err := waitForUnless(timeout, func() (bool, error) {
-		ctrs, err := r.Containers(ctx, name)
+		ctrs, err := r.PodContainers(ctx, podName)
 		if err != nil {
 			return false, err
 		}
@@ -185,10 +212,12 @@ func (r *Rig) WaitRunning(ctx context.Context, name string, timeout time.Duratio
 			run.ID, run.Logs = c.ID, string(logs)
 			return true, nil
 		}
-		if st, err := r.KubeletPodStatus(ctx, name); err == nil && st.Status.Phase == "Failed" {
-			return false, &PodFailedError{Pod: name, Reason: st.Status.Reason, Message: st.Status.Message}
+		if failed != nil {
+			if err := failed(); err != nil {
+				return false, err
+			}
 		}
-		return false, fmt.Errorf("pod %s: no running container (%d listed)", name, len(ctrs))
+		return false, fmt.Errorf("pod %s: no running container (%d listed)", podName, len(ctrs))
 	})
 	if err != nil {
 		return nil, err

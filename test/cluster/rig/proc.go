@@ -131,7 +131,11 @@ func KillPIDs(pids []int) error {
 	return errors.Join(errs...)
 }
 
+// ErrExited marks a wait that cannot succeed: the daemon it waits on died.
+var ErrExited = errors.New("exited")
+
 // WaitFor polls cond every interval until it returns true or timeout passes.
+// An error wrapping ErrExited ends the wait at once.
 func WaitFor(timeout, interval time.Duration, cond func() (bool, error)) error {
 	deadline := time.Now().Add(timeout)
 	var last error
@@ -139,6 +143,9 @@ func WaitFor(timeout, interval time.Duration, cond func() (bool, error)) error {
 		ok, err := cond()
 		if ok {
 			return nil
+		}
+		if errors.Is(err, ErrExited) {
+			return err
 		}
 		last = err
 		if time.Now().After(deadline) {

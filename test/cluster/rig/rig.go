@@ -53,6 +53,11 @@ type Rig struct {
 	// pluginDirBefore lists DevicePluginDir's entries before the run, when it
 	// existed; anything else in it at the end is the rig's.
 	pluginDirBefore map[string]bool
+	// Full-cluster mode: the control plane, the kubelet's kubeconfig and the
+	// CNI bridge to delete.
+	cp                *controlPlane
+	kubeletKubeconfig string
+	cniBridge         string
 }
 
 // New snapshots the host, then lays out a work directory. Call Close, even
@@ -189,7 +194,7 @@ disabled_plugins = ['io.containerd.nri.v1.nri']
 	r.containerd = p
 	return WaitFor(60*time.Second, 200*time.Millisecond, func() (bool, error) {
 		if p.Exited() {
-			return false, fmt.Errorf("containerd exited; see %s", p.Log)
+			return false, fmt.Errorf("containerd %w; see %s", ErrExited, p.Log)
 		}
 		_, err := r.Crictl(ctx, "info")
 		return err == nil, err
@@ -296,19 +301,23 @@ func (r *Rig) StartKubelet(ctx context.Context) error {
 	if err := os.Remove(KubeletSock()); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	p, err := Start("kubelet", r.LogDir, r.env(), r.Bins.Kubelet,
+	args := []string{
 		"--config", r.kubeletCfg,
 		"--root-dir", r.KubeletRoot,
 		"--hostname-override", NodeName,
 		"--v", "2",
-	)
+	}
+	if r.kubeletKubeconfig != "" {
+		args = append(args, "--kubeconfig", r.kubeletKubeconfig)
+	}
+	p, err := Start("kubelet", r.LogDir, r.env(), r.Bins.Kubelet, args...)
 	if err != nil {
 		return err
 	}
 	r.kubelet = p
 	return WaitFor(90*time.Second, 100*time.Millisecond, func() (bool, error) {
 		if p.Exited() {
-			return false, fmt.Errorf("kubelet exited; see %s", p.Log)
+			return false, fmt.Errorf("kubelet %w; see %s", ErrExited, p.Log)
 		}
 		c, err := net.DialTimeout("unix", KubeletSock(), time.Second)
 		if err != nil {
@@ -383,6 +392,8 @@ func (r *Rig) Close() error {
 	add(r.containerd.Stop(30 * time.Second))
 	// Shims re-parent to init; they carry the rig's unique paths in argv.
 	add(KillPIDs(ProcessesWithArg(r.Dir)))
+	add(r.stopControlPlane())
+	add(r.deleteBridge())
 	add(UnmountUnder(r.Dir))
 	if r.host != nil {
 		add(r.host.Restore())

@@ -1,0 +1,400 @@
+//go:build e2e
+
+package cluster_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/cluster/rig"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+)
+
+const (
+	pluginImage = "e2e.local/intel-gpu-cdi:e2e"
+	// baseImage is the image name the kustomize base deploys; the test
+	// overlay swaps it for the locally loaded one.
+	baseImage = "ghcr.io/intel-gpu-cdi/intel-gpu-cdi"
+	baseDir   = "../../deployments/kustomize/base"
+)
+
+// TestFullCluster runs etcd, kube-apiserver, kube-controller-manager,
+// kube-scheduler and the kubelet, deploys the plugin from the kustomize base
+// as a DaemonSet, and shows a scheduled pod getting a GPU.
+func TestFullCluster(t *testing.T) {
+	if os.Getenv("E2E_FULL_CLUSTER") != "1" {
+		t.Skip("set E2E_FULL_CLUSTER=1 to run the full cluster (etcd, API server, scheduler, DaemonSet)")
+	}
+	_, bins := prerequisites(t)
+	if bins.ControlPlane == "" || bins.Etcd == "" {
+		need(t, "control plane not built: run build.sh full")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		need(t, "ip (iproute2) is needed to remove the CNI bridge")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	r, err := rig.New(bins)
+	if r != nil {
+		t.Cleanup(func() {
+			teardown(t, r, "plugin", "kubelet", "containerd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "etcd")
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := r.EnableCNI(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.StartContainerd(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s := &suite{r: r}
+	images := append(s.images(t), pluginImageArchive(t, r.Dir))
+	for _, img := range images {
+		if err := r.ImportImage(ctx, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	node, err := fakenode.New(filepath.Join(r.Dir, "node"), fakenode.WithMode(fakenode.Mknod))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range nodeGPUs {
+		if err := node.AddGPU(g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.gpus, err = rig.ReadNodeGPUs(node.Sys); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.StartControlPlane(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.StartKubelet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitNode(ctx, r, 120*time.Second, func(n nodeJSON) error {
+		if !n.ready() {
+			return errors.New("node not Ready")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("one-node cluster up and node Ready in %s", time.Since(start).Round(time.Millisecond))
+
+	t.Run("the plugin deployed from the kustomize base as a DaemonSet advertises the fake node's GPUs", func(t *testing.T) {
+		deployed := time.Now()
+		manifest := renderDaemonSet(ctx, t, r, node)
+		if out, err := r.Kubectl(ctx, "apply", "-f", manifest); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		err := waitNode(ctx, r, 120*time.Second, func(n nodeJSON) error {
+			if n.Status.Allocatable["gpu.intel.com/i915"] != "3" || n.Status.Allocatable["gpu.intel.com/xe"] != "1" {
+				return fmt.Errorf("node allocatable %v", n.Status.Allocatable)
+			}
+			return nil
+		})
+		if err != nil {
+			out, _ := r.Kubectl(ctx, "get", "pods", "-A", "-o", "wide")
+			t.Fatalf("%v\n%s", err, out)
+		}
+		t.Logf("DaemonSet applied -> node allocatable shows 3 i915 and 1 xe in %s", time.Since(deployed).Round(time.Millisecond))
+	})
+
+	t.Run("a pod scheduled by the scheduler gets exactly one i915 GPU", func(t *testing.T) {
+		manifest, err := rig.ClusterGPUPod("scheduled", map[string]int{i915: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created := time.Now()
+		if out, err := kubectlStdin(ctx, r, manifest, "create", "-f", "-"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		run, err := r.WaitPodRunning(ctx, "scheduled", 120*time.Second, nil)
+		if err != nil {
+			out, _ := r.Kubectl(ctx, "describe", "pod", "scheduled")
+			t.Fatalf("%v\n%s", err, out)
+		}
+		t.Logf("pod scheduled: created -> container running in %s", run.StartedAt.Sub(created).Round(time.Millisecond))
+		out, err := r.Kubectl(ctx, "get", "pod", "scheduled", "-o", "jsonpath={.spec.nodeName} {.status.conditions[?(@.type==\"PodScheduled\")].status}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(out)); got != rig.NodeName+" True" {
+			t.Errorf("pod nodeName and PodScheduled = %q, want %q", got, rig.NodeName+" True")
+		}
+		listing := rig.ParseListing(run.Logs)
+		t.Logf("pod scheduled sees /dev/dri: %v, by-path nodes %v", listing.Nodes, listing.ByPathDevs)
+		got, err := rig.MatchGPUs(listing, s.gpus)
+		if err != nil {
+			t.Fatal(err)
+		}
+		requireDriver(t, got, 1, "i915")
+	})
+
+	t.Run("a pod asking for more GPUs than any node has stays Pending as unschedulable", func(t *testing.T) {
+		manifest, err := rig.ClusterGPUPod("unschedulable", map[string]int{i915: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := kubectlStdin(ctx, r, manifest, "create", "-f", "-"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		err = rig.WaitFor(60*time.Second, 500*time.Millisecond, func() (bool, error) {
+			out, err := r.Kubectl(ctx, "get", "pod", "unschedulable", "-o", "jsonpath={.status.phase} {.status.conditions[?(@.type==\"PodScheduled\")].reason} {.status.conditions[?(@.type==\"PodScheduled\")].message}")
+			if err != nil {
+				return false, err
+			}
+			got := string(out)
+			return strings.HasPrefix(got, "Pending Unschedulable") && strings.Contains(got, "Insufficient gpu.intel.com/i915"), errors.New(got)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// prerequisites returns the binary under test and the built components, or
+// skips (fails under CI).
+func prerequisites(t *testing.T) (string, rig.Bins) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		need(t, "needs root (mknod, mounts, cgroups)")
+	}
+	binary := os.Getenv("E2E_BINARY")
+	if binary == "" {
+		need(t, "E2E_BINARY (the intel-gpu-cdi binary) is not set")
+	}
+	if _, err := os.Stat(binary); err != nil {
+		need(t, "E2E_BINARY: %v", err)
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		need(t, "runc is not installed (apt-get install runc)")
+	}
+	versions, err := rig.ReadVersions("versions.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := os.Getenv("E2E_CACHE_DIR")
+	if cache == "" {
+		cache = "/var/cache/intel-gpu-cdi-e2e"
+	}
+	bins, err := rig.FindBins(cache, versions)
+	if err != nil {
+		need(t, "%v", err)
+	}
+	return binary, bins
+}
+
+// pluginImageArchive builds the image the way deployments/image/Containerfile.scratch
+// does: a static binary from this repository at /usr/local/bin, no base image.
+func pluginImageArchive(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "images", "intel-gpu-cdi-static")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/intel-gpu-cdi")
+	build.Dir = "../.."
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the static plugin binary: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(dir, "images", "intel-gpu-cdi.tar")
+	err = rig.WriteOCIArchive(archive, rig.Image{
+		Ref:        pluginImage,
+		Entrypoint: []string{"/usr/local/bin/intel-gpu-cdi"},
+		Cmd:        []string{"plugin"},
+		Files: []rig.ImageFile{
+			{Path: "usr/", Mode: 0o755}, {Path: "usr/local/", Mode: 0o755}, {Path: "usr/local/bin/", Mode: 0o755},
+			{Path: "usr/local/bin/intel-gpu-cdi", Mode: 0o755, Data: data},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return archive
+}
+
+// renderDaemonSet renders the kustomize base through an overlay that only
+// swaps the image for the local one, then points the DaemonSet's host paths
+// at the fake node and the rig's CDI directory. The fake trees are mounted
+// at their host paths, so the spec's hostPaths are right on the host too.
+func renderDaemonSet(ctx context.Context, t *testing.T, r *rig.Rig, node *fakenode.Node) string {
+	t.Helper()
+	base, err := filepath.Abs(baseDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(base, "kustomization.yaml")); err != nil {
+		need(t, "kustomize base: %v", err)
+	}
+	overlay := filepath.Join(r.Dir, "overlay")
+	if err := os.MkdirAll(overlay, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(overlay, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, tag, _ := strings.Cut(pluginImage, ":")
+	kustomization := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\nimages:\n  - name: %s\n    newName: %s\n    newTag: %s\n", rel, baseImage, name, tag)
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rendered, err := r.Kubectl(ctx, "kustomize", overlay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objs []map[string]any
+	for _, doc := range strings.Split(string(rendered), "\n---\n") {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("parsing rendered base: %v", err)
+		}
+		if obj["kind"] == "DaemonSet" {
+			if err := pointAtFakeNode(obj, node, r.CDISpecDir); err != nil {
+				t.Fatal(err)
+			}
+		}
+		objs = append(objs, obj)
+	}
+	raw, err := json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": objs}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(r.Dir, "deploy.json")
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// pointAtFakeNode rewrites the DaemonSet's node paths: sysfs and /dev/dri
+// come from the fake node (mounted at the same paths inside), the CDI spec
+// goes where the rig's containerd reads.
+func pointAtFakeNode(ds map[string]any, node *fakenode.Node, cdiDir string) error {
+	podSpec, _ := dig(ds, "spec", "template", "spec").(map[string]any)
+	if podSpec == nil {
+		return errors.New("DaemonSet has no pod template")
+	}
+	hostPaths := map[string]string{"sysfs": node.Sys, "dev-dri": filepath.Join(node.Dev, "dri"), "cdi-specs": cdiDir}
+	mountPaths := map[string]string{"sysfs": node.Sys, "dev-dri": filepath.Join(node.Dev, "dri")}
+	env := map[string]string{"INTEL_GPU_CDI_SYSFS_ROOT": node.Sys, "INTEL_GPU_CDI_DEV_ROOT": node.Dev, "INTEL_GPU_CDI_LOG_LEVEL": "debug"}
+	found := 0
+	for _, v := range asList(podSpec["volumes"]) {
+		if p, ok := hostPaths[fmt.Sprint(v["name"])]; ok {
+			v["hostPath"].(map[string]any)["path"] = p
+			found++
+		}
+	}
+	if found != len(hostPaths) {
+		return fmt.Errorf("DaemonSet volumes: found %d of %v", found, hostPaths)
+	}
+	for _, c := range asList(podSpec["containers"]) {
+		for _, m := range asList(c["volumeMounts"]) {
+			if p, ok := mountPaths[fmt.Sprint(m["name"])]; ok {
+				m["mountPath"] = p
+			}
+		}
+		var envs []any
+		for _, e := range asList(c["env"]) {
+			if _, ok := env[fmt.Sprint(e["name"])]; !ok {
+				envs = append(envs, e)
+			}
+		}
+		for k, v := range env {
+			envs = append(envs, map[string]any{"name": k, "value": v})
+		}
+		c["env"] = envs
+	}
+	return nil
+}
+
+func dig(m map[string]any, keys ...string) any {
+	var cur any = m
+	for _, k := range keys {
+		mm, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = mm[k]
+	}
+	return cur
+}
+
+func asList(v any) []map[string]any {
+	var out []map[string]any
+	list, _ := v.([]any)
+	for _, item := range list {
+		if m, ok := item.(map[string]any); ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func kubectlStdin(ctx context.Context, r *rig.Rig, stdin []byte, args ...string) ([]byte, error) {
+	path := filepath.Join(r.Dir, fmt.Sprintf("stdin-%d.json", time.Now().UnixNano()))
+	if err := os.WriteFile(path, stdin, 0o644); err != nil {
+		return nil, err
+	}
+	for i, a := range args {
+		if a == "-" {
+			args[i] = path
+		}
+	}
+	return r.Kubectl(ctx, args...)
+}
+
+type nodeJSON struct {
+	Status struct {
+		Allocatable map[string]string `json:"allocatable"`
+		Conditions  []struct {
+			Type   string `json:"type"`
+			Status string `json:"status"`
+		} `json:"conditions"`
+	} `json:"status"`
+}
+
+func (n nodeJSON) ready() bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == "Ready" {
+			return c.Status == "True"
+		}
+	}
+	return false
+}
+
+func waitNode(ctx context.Context, r *rig.Rig, timeout time.Duration, check func(nodeJSON) error) error {
+	return rig.WaitFor(timeout, 500*time.Millisecond, func() (bool, error) {
+		out, err := r.Kubectl(ctx, "get", "node", rig.NodeName, "-o", "json")
+		if err != nil {
+			return false, err
+		}
+		var n nodeJSON
+		if err := json.NewDecoder(bytes.NewReader(out)).Decode(&n); err != nil {
+			return false, err
+		}
+		err = check(n)
+		return err == nil, err
+	})
+}
