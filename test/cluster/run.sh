@@ -11,9 +11,9 @@
 #                     (default /var/cache/intel-gpu-cdi-e2e)
 #   E2E_ARTIFACTS_DIR if set, daemon logs are copied there
 #   E2E_RESULTS_FILE  if set, timings (JSON) are written there
-#   E2E_FULL_CLUSTER  1 also builds etcd and the control plane and runs
-#                     TestFullCluster (the plugin as a DaemonSet from the
-#                     kustomize base, a pod placed by the scheduler)
+#   E2E_FULL_CLUSTER  1 (default) also builds etcd and the control plane and
+#                     runs TestFullCluster (the plugin as a DaemonSet from the
+#                     kustomize base, a pod placed by the scheduler); 0 skips it
 #   E2E_TEST_RUN      passed to go test -run (default: the whole suite)
 #   CI                when set, anything missing fails instead of skipping
 #
@@ -24,6 +24,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export E2E_CACHE_DIR=${E2E_CACHE_DIR:-/var/cache/intel-gpu-cdi-e2e}
+export E2E_FULL_CLUSTER=${E2E_FULL_CLUSTER:-1}
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 secs() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
@@ -40,6 +41,7 @@ if ! command -v busybox >/dev/null || ! file -L "$(command -v busybox)" 2>/dev/n
 	missing+=(busybox-static)
 fi
 command -v file >/dev/null || missing+=(file)
+command -v ip >/dev/null || missing+=(iproute2)
 if ((${#missing[@]})); then
 	log "installing ${missing[*]}"
 	command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get"
@@ -72,6 +74,9 @@ declare -A nft_before
 if command -v nft >/dev/null; then
 	while read -r _ fam name; do nft_before["$fam $name"]=1; done < <(nft list tables 2>/dev/null)
 fi
+bridge=igce2e0 # rig.BridgeName
+bridge_before=0
+ip link show "$bridge" >/dev/null 2>&1 && bridge_before=1
 declare -A rigdir_before
 for d in /tmp/igc-e2e-*; do [[ -d $d && $d != "$work" ]] && rigdir_before[$d]=1; done
 
@@ -124,6 +129,9 @@ restore_host() {
 			fi
 		done
 	done
+	if [[ $bridge_before == 0 ]] && ip link show "$bridge" >/dev/null 2>&1; then
+		ip link delete "$bridge" && log "removed bridge $bridge"
+	fi
 	# nftables tables the kubelet's chains brought into being, now empty.
 	if command -v nft >/dev/null; then
 		while read -r _ fam name; do
@@ -157,7 +165,7 @@ log "components ready in ${build_s}s (cache $E2E_CACHE_DIR)"
 # ---- run -------------------------------------------------------------------
 results=${E2E_RESULTS_FILE:-$work/results.json}
 tests=TestKubeletWithCDI
-[[ ${E2E_FULL_CLUSTER:-0} == 1 ]] && tests='TestKubeletWithCDI|TestFullCluster' 
+[[ $E2E_FULL_CLUSTER == 1 ]] && tests='TestKubeletWithCDI|TestFullCluster' 
 run_start=$(now_ms)
 set +e
 (cd "$here" && E2E_RESULTS_FILE=$results go test -tags e2e -count=1 -v -timeout 25m \
