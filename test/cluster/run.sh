@@ -5,8 +5,7 @@
 #   E2E_BINARY=/abs/path/to/intel-gpu-cdi test/cluster/run.sh
 #
 # Environment:
-#   E2E_BINARY        the intel-gpu-cdi binary under test (required); "stub"
-#                     runs the rig against the stand-in plugin in internal/stubplugin
+#   E2E_BINARY        the intel-gpu-cdi binary under test (required)
 #   E2E_CACHE_DIR     where pinned components are built once and reused
 #                     (default /var/cache/intel-gpu-cdi-e2e)
 #   E2E_ARTIFACTS_DIR if set, daemon logs are copied there
@@ -33,7 +32,7 @@ die() { log "$*"; exit 1; }
 
 [[ $(id -u) == 0 ]] || die "must run as root (mknod, mounts, cgroups, kubelet)"
 command -v go >/dev/null || die "go is not on PATH"
-[[ -n ${E2E_BINARY:-} ]] || die "set E2E_BINARY to the intel-gpu-cdi binary (or 'stub' for the stand-in plugin)"
+[[ -n ${E2E_BINARY:-} ]] || die "set E2E_BINARY to the intel-gpu-cdi binary (make build: bin/intel-gpu-cdi)"
 
 missing=()
 command -v runc >/dev/null || missing+=(runc)
@@ -147,11 +146,6 @@ trap restore_host EXIT
 trap 'exit 130' INT TERM
 
 # ---- the binary under test --------------------------------------------------
-if [[ $E2E_BINARY == stub ]]; then
-	log "building the stand-in plugin (internal/stubplugin)"
-	(cd "$here" && go build -o "$work/stubplugin" ./internal/stubplugin)
-	E2E_BINARY=$work/stubplugin
-fi
 [[ -x $E2E_BINARY ]] || die "E2E_BINARY=$E2E_BINARY is not an executable"
 E2E_BINARY=$(cd "$(dirname "$E2E_BINARY")" && pwd)/$(basename "$E2E_BINARY")
 export E2E_BINARY

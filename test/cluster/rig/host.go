@@ -82,9 +82,6 @@ func SnapshotHost() (*HostState, error) {
 	return s, nil
 }
 
-// Sysctls returns the recorded sysctl values.
-func (s *HostState) Sysctls() map[string]string { return s.sysctls }
-
 // Restore puts the sysctls back, unmounts what is left mounted under the
 // paths that did not exist before, removes those paths, the cgroups and the
 // iptables chains the kubelet created. It goes on past errors and returns them all.
