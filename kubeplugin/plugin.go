@@ -38,6 +38,7 @@ type Plugin struct {
 	// written is the spec on disk as last written by us; nil when none.
 	written []byte
 	retry   time.Duration
+	retryAt time.Time
 	lastDev []discovery.Device
 }
 
@@ -163,16 +164,19 @@ func (p *Plugin) watchDRI(w *fsnotify.Watcher) {
 	}
 }
 
-// retryAfter returns a channel that fires when a failed rescan is due again.
+// retryAfter returns a channel that fires when a failed rescan is due
+// again. The time is fixed when the failure happens, so that events that
+// wake the loop meanwhile do not push the retry back.
 func (p *Plugin) retryAfter() <-chan time.Time {
 	if p.retry == 0 {
 		return nil
 	}
-	return time.After(p.retry)
+	return time.After(time.Until(p.retryAt))
 }
 
 func (p *Plugin) failed() {
 	p.retry = min(max(p.retry*2, retryMin), retryMax)
+	p.retryAt = time.Now().Add(p.retry)
 }
 
 // rescan reads the node and moves the kubelet and the spec to it, in the
@@ -201,14 +205,15 @@ func (p *Plugin) rescan(ctx context.Context) {
 		return
 	}
 	p.hub.publish(next)
-	p.ensureServers(ctx, next)
+	serving := p.ensureServers(ctx, next)
 	err = p.writeSpec(next.specDevices())
-	if err != nil {
+	switch {
+	case err != nil:
 		// The spec on disk still holds every advertised GPU; only GPUs
 		// that just left linger in it until the retry.
 		p.log.Error("trimming CDI spec", "path", p.specPath, "err", err)
 		p.failed()
-	} else {
+	case serving:
 		p.retry = 0
 	}
 	p.cfg.Observer.Rescan(time.Since(start), err)
@@ -255,7 +260,11 @@ func (p *Plugin) resources(s *snapshot) []string {
 	return out
 }
 
-func (p *Plugin) ensureServers(ctx context.Context, s *snapshot) {
+// ensureServers starts a server for every resource that has none and
+// reports whether every resource is served; a server that could not start
+// is retried with the rescan.
+func (p *Plugin) ensureServers(ctx context.Context, s *snapshot) bool {
+	ok := true
 	for _, r := range p.resources(s) {
 		if p.servers[r] != nil {
 			continue
@@ -264,10 +273,12 @@ func (p *Plugin) ensureServers(ctx context.Context, s *snapshot) {
 		if err := srv.start(ctx); err != nil {
 			p.log.Error("starting device plugin server", "resource", r, "err", err)
 			p.failed()
+			ok = false
 			continue
 		}
 		p.servers[r] = srv
 	}
+	return ok
 }
 
 // kubeletRestarted serves on fresh sockets and registers again: a

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
@@ -23,34 +26,62 @@ import (
 // waitFor bounds every wait: a deadline for a hang, not a speed goal.
 const waitFor = 20 * time.Second
 
-// counter is a kubeplugin.Observer that counts what the plugin reports.
+// counter is a kubeplugin.Observer that counts what the plugin reports
+// and passes it on to the plugin's Prometheus metrics.
 type counter struct {
 	specWrites, specWriteErrs atomic.Int64
 	rescans, rescanErrs       atomic.Int64
 	regErrs, restarts         atomic.Int64
+	metrics                   *metrics.Metrics
 }
 
 var _ kubeplugin.Observer = (*counter)(nil)
 
-func (c *counter) Devices(string, int, int) {}
-func (c *counter) Allocation(string, error) {}
-func (c *counter) Registration(_ string, err error) {
+func (c *counter) Devices(res string, healthy, unhealthy int) {
+	c.metrics.Devices(res, healthy, unhealthy)
+}
+func (c *counter) Allocation(res string, err error) { c.metrics.Allocation(res, err) }
+func (c *counter) Registration(res string, err error) {
+	c.metrics.Registration(res, err)
 	if err != nil {
 		c.regErrs.Add(1)
 	}
 }
-func (c *counter) KubeletRestart() { c.restarts.Add(1) }
+func (c *counter) KubeletRestart() {
+	c.metrics.KubeletRestart()
+	c.restarts.Add(1)
+}
 func (c *counter) SpecWrite(err error) {
+	c.metrics.SpecWrite(err)
 	c.specWrites.Add(1)
 	if err != nil {
 		c.specWriteErrs.Add(1)
 	}
 }
-func (c *counter) Rescan(_ time.Duration, err error) {
+func (c *counter) Rescan(d time.Duration, err error) {
+	c.metrics.Rescan(d, err)
 	c.rescans.Add(1)
 	if err != nil {
 		c.rescanErrs.Add(1)
 	}
+}
+
+// metric returns the value of an unlabelled series on the plugin's
+// /metrics page, or -1 when there is none.
+func (c *counter) metric(t testing.TB, name string) float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	c.metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", metrics.Path, nil))
+	for _, l := range strings.Split(rec.Body.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", name, err)
+			}
+			return f
+		}
+	}
+	return -1
 }
 
 // logBuffer collects the plugin's log lines for assertions.
@@ -134,7 +165,7 @@ func newRig(t testing.TB, c rigConfig) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(k.Stop)
-	r := &rig{t: t, node: node, kubelet: k, specDir: c.specDir, obs: &counter{}, log: &logBuffer{}}
+	r := &rig{t: t, node: node, kubelet: k, specDir: c.specDir, obs: &counter{metrics: metrics.New()}, log: &logBuffer{}}
 	opts := append([]kubeplugin.Option{
 		kubeplugin.WithScanner(discovery.New(discovery.WithSysfsRoot(node.Sys), discovery.WithDevRoot(node.Dev))),
 		kubeplugin.WithKubeletSocketDir(c.sockDir),
