@@ -5,6 +5,7 @@ package cluster_test
 import (
 	"bytes"
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,7 +37,7 @@ func TestFullCluster(t *testing.T) {
 	if os.Getenv("E2E_FULL_CLUSTER") != "1" {
 		t.Skip("set E2E_FULL_CLUSTER=1 to run the full cluster (etcd, API server, scheduler, DaemonSet)")
 	}
-	_, bins := prerequisites(t)
+	binary, bins := prerequisites(t)
 	if bins.ControlPlane == "" || bins.Etcd == "" {
 		need(t, "control plane not built: run build.sh full")
 	}
@@ -62,7 +63,7 @@ func TestFullCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &suite{r: r}
-	images := append(s.images(t), pluginImageArchive(t, r.Dir))
+	images := append(s.images(t), pluginImageArchive(t, r.Dir, binary))
 	for _, img := range images {
 		if err := r.ImportImage(ctx, img); err != nil {
 			t.Fatal(err)
@@ -201,15 +202,21 @@ func prerequisites(t *testing.T) (string, rig.Bins) {
 }
 
 // pluginImageArchive builds the image the way deployments/image/Containerfile.scratch
-// does: a static binary from this repository at /usr/local/bin, no base image.
-func pluginImageArchive(t *testing.T, dir string) string {
+// does: a static binary at /usr/local/bin, no base image. The binary under
+// test is used when it is static; otherwise (a cgo build) the same source is
+// built again with CGO_ENABLED=0, as the Containerfile requires.
+func pluginImageArchive(t *testing.T, dir, binary string) string {
 	t.Helper()
-	bin := filepath.Join(dir, "images", "intel-gpu-cdi-static")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/intel-gpu-cdi")
-	build.Dir = "../.."
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the static plugin binary: %v\n%s", err, out)
+	bin := binary
+	if !isStatic(t, binary) {
+		bin = filepath.Join(dir, "images", "intel-gpu-cdi-static")
+		build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/intel-gpu-cdi")
+		build.Dir = "../.."
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("building a static plugin binary for the image: %v\n%s", err, out)
+		}
+		t.Logf("%s is dynamically linked: the image holds a CGO_ENABLED=0 build of the same source", binary)
 	}
 	data, err := os.ReadFile(bin)
 	if err != nil {
@@ -327,6 +334,22 @@ func pointAtFakeNode(ds map[string]any, node *fakenode.Node, cdiDir string) erro
 		c["env"] = envs
 	}
 	return nil
+}
+
+// isStatic reports whether an ELF binary needs no dynamic loader.
+func isStatic(t *testing.T, path string) bool {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return false
+		}
+	}
+	return true
 }
 
 func dig(m map[string]any, keys ...string) any {
