@@ -9,17 +9,18 @@ LDFLAGS  := -X $(MODULE)/cmd/intel-gpu-cdi/app.Version=$(VERSION)
 DEMO_MODE ?= auto
 FUZZTIME  ?= 30s
 
-.PHONY: all build test vet fmt-check demo bench fuzz golden clean help
+.PHONY: all build test vet fmt-check demo bench fuzz golden e2e-cluster clean help
 
 all: build
 
 help:
 	@echo 'build      bin/intel-gpu-cdi, version from git describe'
 	@echo 'test       go vet, gofmt check, go test -race ./..., and test/deploy when present'
-	@echo 'demo       list and generate on a fake node of three GPUs (no GPU, no root needed)'
+	@echo 'demo       list, generate and the kubelet plugin on a fake node of three GPUs (no GPU, no root needed)'
 	@echo 'bench      every benchmark with allocations (see BENCHMARKS.md)'
 	@echo 'fuzz       fuzz the sysfs parsers and the scan, FUZZTIME each (default 30s)'
 	@echo 'golden     rewrite the golden specs in specs/ from the fixtures'
+	@echo 'e2e-cluster  the plugin on a real kubelet + containerd 2 (root; builds pinned components once)'
 	@echo 'clean      remove bin/'
 
 build:
@@ -33,7 +34,7 @@ fmt-check:
 
 test: vet fmt-check
 	$(GO) test -race ./...
-	@if [ -f test/deploy/go.mod ]; then echo 'cd test/deploy && $(GO) test ./...'; cd test/deploy && $(GO) test ./...; fi
+	test/deploy/run.sh
 
 # The fake node lives in a temporary directory that is removed at the end.
 demo: build
@@ -46,7 +47,9 @@ demo: build
 	step $(BIN) list "$$@"; \
 	step $(BIN) generate --log-level warn "$$@"; \
 	step $(BIN) generate "$$@" --output "$$dir/cdi/intel.com-gpu.json" --by-path none; \
-	step stat -c '%A %a %n' "$$dir/cdi" "$$dir/cdi/intel.com-gpu.json"
+	step stat -c '%A %a %n' "$$dir/cdi" "$$dir/cdi/intel.com-gpu.json"; \
+	printf '\n$$ %s\n' "go run ./test/cmd/demo-kubelet --binary $(BIN)   # the plugin against a built-in fake kubelet"; \
+	$(GO) run ./test/cmd/demo-kubelet --binary $(BIN)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
@@ -54,6 +57,11 @@ bench:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(FUZZTIME) ./cdi/discovery
 	$(GO) test -run '^$$' -fuzz '^FuzzScanAttribute$$' -fuzztime $(FUZZTIME) ./cdi/discovery
+
+# The real-kubelet suite (issue 6): builds containerd, kubelet and friends once
+# into E2E_CACHE_DIR (default /var/cache/intel-gpu-cdi-e2e) and reuses them.
+e2e-cluster: build
+	E2E_BINARY=$(CURDIR)/$(BIN) test/cluster/run.sh
 
 golden:
 	$(GO) test ./specs -run '^TestGoldenSpecs$$' -args -update
