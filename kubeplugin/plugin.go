@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -198,7 +199,8 @@ func (p *Plugin) rescan(ctx context.Context) {
 	prev := p.hub.current()
 	next := buildSnapshot(res.Devices, prev, &p.cfg, p.pciGone)
 
-	if err := p.writeSpec(union(next, prev)); err != nil {
+	wroteUnion, err := p.writeSpec(union(next, prev))
+	if err != nil {
 		p.cfg.Observer.Rescan(time.Since(start), err)
 		p.log.Error("writing CDI spec; keeping the previous device list", "path", p.specPath, "err", err)
 		p.failed()
@@ -206,7 +208,7 @@ func (p *Plugin) rescan(ctx context.Context) {
 	}
 	p.hub.publish(next)
 	serving := p.ensureServers(ctx, next)
-	err = p.writeSpec(next.specDevices())
+	wroteTrim, err := p.writeSpec(next.specDevices())
 	switch {
 	case err != nil:
 		// The spec on disk still holds every advertised GPU; only GPUs
@@ -218,6 +220,14 @@ func (p *Plugin) rescan(ctx context.Context) {
 	}
 	p.cfg.Observer.Rescan(time.Since(start), err)
 	p.report(next)
+	if wroteUnion || wroteTrim {
+		// Writing a spec reads it back through the CDI library, whose
+		// YAML parser makes megabytes of garbage for a big node. Nothing
+		// else allocates on an idle node, so no collection would come for
+		// minutes and the plugin would keep that memory: return it now.
+		// Specs change only when GPUs do.
+		debug.FreeOSMemory()
+	}
 }
 
 // report tells the observer and the device callback about a new snapshot.
@@ -309,37 +319,38 @@ func (p *Plugin) pciGone(pci string) bool {
 }
 
 // writeSpec makes the spec on disk hold exactly devs, writing only when
-// that changes what is there. With no device the spec is removed: a CDI
-// spec must have one.
-func (p *Plugin) writeSpec(devs []discovery.Device) error {
+// that changes what is there, and reports whether it wrote. With no device
+// the spec is removed: a CDI spec must have one.
+func (p *Plugin) writeSpec(devs []discovery.Device) (bool, error) {
 	if len(devs) == 0 {
-		if _, err := spec.RemoveStale(p.specPath, p.cfg.Builder.Kind()); err != nil {
+		removed, err := spec.RemoveStale(p.specPath, p.cfg.Builder.Kind())
+		if err != nil {
 			p.cfg.Observer.SpecWrite(err)
-			return err
+			return false, err
 		}
 		p.written = nil
-		return nil
+		return removed, nil
 	}
 	s, err := p.cfg.Builder.Build(devs)
 	if err != nil {
-		return err
+		return false, err
 	}
 	data, err := spec.Marshal(s, spec.FormatJSON)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if bytes.Equal(data, p.written) {
 		if _, err := os.Stat(p.specPath); err == nil {
-			return nil
+			return false, nil
 		}
 	}
 	err = spec.WriteEncoded(p.specPath, data)
 	p.cfg.Observer.SpecWrite(err)
 	if err != nil {
-		return err
+		return false, err
 	}
 	p.written = data
-	return nil
+	return true, nil
 }
 
 // removeOtherEncoding removes our own spec written under the other
