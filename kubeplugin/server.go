@@ -122,9 +122,11 @@ func (s *server) restart(ctx context.Context) error {
 	return s.start(ctx)
 }
 
-// Backoff bounds for registration retries.
+// Backoff bounds for registration retries. The first retry comes soon:
+// kubelet.sock appears when the kubelet binds it, a moment before it
+// listens, and a register in that moment is refused.
 const (
-	registerBackoffMin = 20 * time.Millisecond
+	registerBackoffMin = 5 * time.Millisecond
 	registerBackoffMax = 5 * time.Second
 	registerTimeout    = 5 * time.Second
 )
