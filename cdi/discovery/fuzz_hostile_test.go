@@ -149,7 +149,9 @@ func FuzzScanHostileTree(f *testing.F) {
 	f.Add(uint32(0), "", "", "", "", "", "", "", "", "", "", "card1", "card1")
 	f.Add(uint32(0), "", "", "", "", "", "", "", "", "", "", "card0-DP-9", "../../devices/pci0000:00/0000:00:02.0/drm/card0")
 	f.Fuzz(func(t *testing.T, ops uint32, vendor, device, class, numa, totalVFs, numVFs, cardDev, renderDev, driver, physfn, extraName, extraTarget string) {
-		contents := []string{vendor, device, class, numa, totalVFs, numVFs, cardDev, renderDev, driver, physfn, driver}
+		// The card's own device link (which the scan need not follow for a
+		// card under its function's drm folder) leads where the extra entry does.
+		contents := []string{vendor, device, class, numa, totalVFs, numVFs, cardDev, renderDev, driver, physfn, extraTarget}
 		n, err := fakenode.New(t.TempDir())
 		if err != nil {
 			t.Fatal(err)
