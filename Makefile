@@ -18,7 +18,7 @@ help:
 	@echo 'test       go vet, gofmt check, go test -race ./..., and test/deploy when present'
 	@echo 'demo       list, generate and the kubelet plugin on a fake node of three GPUs (no GPU, no root needed)'
 	@echo 'bench      every benchmark with allocations (see BENCHMARKS.md)'
-	@echo 'fuzz       fuzz the sysfs parsers and the scan, FUZZTIME each (default 30s)'
+	@echo 'fuzz       fuzz the sysfs parsers, the scan and spec building, FUZZTIME each (default 30s)'
 	@echo 'golden     rewrite the golden specs in specs/ from the fixtures'
 	@echo 'e2e-cluster  the plugin on a real kubelet + containerd 2 (root; builds pinned components once)'
 	@echo 'clean      remove bin/'
@@ -57,6 +57,11 @@ bench:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(FUZZTIME) ./cdi/discovery
 	$(GO) test -run '^$$' -fuzz '^FuzzScanAttribute$$' -fuzztime $(FUZZTIME) ./cdi/discovery
+	$(GO) test -run '^$$' -fuzz '^FuzzParsersOnHostileInput$$' -fuzztime $(FUZZTIME) ./cdi/discovery
+	$(GO) test -run '^$$' -fuzz '^FuzzNormalizeDeviceID$$' -fuzztime $(FUZZTIME) ./cdi/discovery
+	$(GO) test -run '^$$' -fuzz '^FuzzIsPCIAddress$$' -fuzztime $(FUZZTIME) ./cdi/discovery
+	$(GO) test -run '^$$' -fuzz '^FuzzScanHostileTree$$' -fuzztime $(FUZZTIME) ./cdi/discovery
+	$(GO) test -run '^$$' -fuzz '^FuzzBuild$$' -fuzztime $(FUZZTIME) ./cdi/spec
 
 # The real-kubelet suite (issue 6): builds containerd, kubelet and friends once
 # into E2E_CACHE_DIR (default /var/cache/intel-gpu-cdi-e2e) and reuses them.
