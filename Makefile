@@ -33,7 +33,7 @@ fmt-check:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 test: vet fmt-check
-	$(GO) test -race ./...
+	$(GO) test -race -count=1 ./...
 	test/deploy/run.sh
 
 # The fake node lives in a temporary directory that is removed at the end.
