@@ -6,7 +6,6 @@ package specs
 
 import (
 	"bytes"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,9 +18,8 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden specs from the fixtures")
 
 // goldens names each fixture's files: <name>.yaml and <name>.json.
 var goldens = []struct {
@@ -60,17 +58,17 @@ func TestGoldenSpecs(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if *update {
+				if *testenv.Update {
 					if err := os.WriteFile(file, got, 0o644); err != nil {
 						t.Fatal(err)
 					}
 				}
 				golden, err := os.ReadFile(file)
 				if err != nil {
-					t.Fatalf("%v (run go test ./specs -args -update to create it)", err)
+					t.Fatalf("%v (run go test ./... -args -update to create it)", err)
 				}
 				if !bytes.Equal(got, golden) {
-					t.Errorf("%s is stale; run go test ./specs -args -update and review the diff. Generated:\n%s", file, got)
+					t.Errorf("%s is stale; run go test ./... -args -update and review the diff. Generated:\n%s", file, got)
 				}
 				if _, err := cdiapi.ReadSpec(file, 0); err != nil {
 					t.Errorf("the CDI library rejects %s: %v", file, err)

@@ -5,6 +5,7 @@
 package testenv
 
 import (
+	"flag"
 	"os"
 	"strings"
 	"testing"
@@ -28,3 +29,9 @@ func Unavailable(t testing.TB, format string, args ...any) {
 	}
 	t.Skipf(format, args...)
 }
+
+// Update is the -update flag: golden tests rewrite their files instead of
+// comparing. It lives here, and every test package of the module imports
+// this package, so that `go test ./... -args -update` reaches the golden
+// tests without the other test binaries failing on an unknown flag.
+var Update = flag.Bool("update", false, "rewrite golden files from the fixtures instead of comparing")
