@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -386,4 +387,38 @@ func TestAllocateFromManyGoroutinesWhileGPUsComeAndGo(t *testing.T) {
 	for range 16 {
 		assert.NoError(t, <-errs, "every answer is the right GPU or an error")
 	}
+}
+
+func TestAGPUWhoseDriverIsUnboundStaysListedUnhealthyUntilItLeavesTheBus(t *testing.T) {
+	// A function leaving the bus after its nodes are gone makes no /dev/dri
+	// event (and sysfs has no inotify): the resync safety net sees it.
+	r := startRig(t, demo, kubeplugin.WithResyncPeriod(200*time.Millisecond))
+	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	ch := r.watch(c)
+	r.nextList(ch, "both healthy", func(l []*pluginapi.Device) bool {
+		return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy", "0000:03:00.0/Healthy"})
+	})
+
+	// Unbinding the driver: the kernel removes the DRM minors and the
+	// driver link but the PCI function stays; udev then removes the nodes.
+	const pci = "0000:03:00.0"
+	fn, err := filepath.EvalSymlinks(filepath.Join(r.node.Sys, "bus", "pci", "devices", pci))
+	require.NoError(t, err)
+	for _, p := range []string{
+		filepath.Join(r.node.Sys, "class", "drm", "card1"),
+		filepath.Join(r.node.Sys, "class", "drm", "renderD129"),
+		filepath.Join(fn, "drm"),
+		filepath.Join(fn, "driver"),
+	} {
+		require.NoError(t, os.RemoveAll(p))
+	}
+	require.NoError(t, r.node.RemoveDevNodes(pci))
+	r.nextList(ch, "the unbound GPU unhealthy", func(l []*pluginapi.Device) bool {
+		return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy", pci + "/Unhealthy"})
+	})
+
+	require.NoError(t, r.node.RemoveGPU(pci))
+	r.nextList(ch, "the GPU gone from the bus", func(l []*pluginapi.Device) bool {
+		return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy"})
+	})
 }
