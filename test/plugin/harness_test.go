@@ -112,46 +112,16 @@ func (r *rig) watch(c *fakekubelet.Client) <-chan []*pluginapi.Device {
 // nextList waits for a list that satisfies ok and returns it.
 func (r *rig) nextList(ch <-chan []*pluginapi.Device, what string, ok func([]*pluginapi.Device) bool) []*pluginapi.Device {
 	r.t.Helper()
-	deadline := time.After(waitFor)
-	var last []*pluginapi.Device
-	for {
-		select {
-		case l, open := <-ch:
-			if !open {
-				r.t.Fatalf("ListAndWatch ended while waiting for %s; last list %v", what, ids(last))
-			}
-			last = l
-			if ok(l) {
-				return l
-			}
-		case <-deadline:
-			r.t.Fatalf("timed out waiting for %s; last list %v", what, ids(last))
-		}
-	}
+	return fakekubelet.NextList(r.t, ch, waitFor, what, ok, nil)
 }
 
-func ids(l []*pluginapi.Device) []string {
-	out := make([]string, len(l))
-	for i, d := range l {
-		out[i] = d.ID + "/" + d.Health
-	}
-	return out
-}
+var (
+	ids      = fakekubelet.IDs
+	cdiNames = fakekubelet.CDINames
+)
 
 func allocate(ctx context.Context, c *fakekubelet.Client, idsPerContainer ...[]string) (*pluginapi.AllocateResponse, error) {
-	req := &pluginapi.AllocateRequest{}
-	for _, ids := range idsPerContainer {
-		req.ContainerRequests = append(req.ContainerRequests, &pluginapi.ContainerAllocateRequest{DevicesIds: ids})
-	}
-	return c.Allocate(ctx, req)
-}
-
-func cdiNames(r *pluginapi.ContainerAllocateResponse) []string {
-	var out []string
-	for _, d := range r.CdiDevices {
-		out = append(out, d.Name)
-	}
-	return out
+	return c.AllocateIDs(ctx, idsPerContainer...)
 }
 
 // specDir returns a spec directory on tmpfs where there is one, as
