@@ -95,24 +95,8 @@ func TestPluginAllocationsReachRealPodman(t *testing.T) {
 				t.Fatalf("Allocate %s answered CDI devices %v", tt.id, names)
 			}
 
-			out, errOut, err := podmanRun(specDir, names...)
-			if err != nil {
-				t.Fatalf("podman run with %v: %v\n%s\n%s", names, err, out, errOut)
-			}
-			got, err := parseLsR(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for p, want := range tt.want {
-				if g, ok := got[p]; !ok || g != want {
-					t.Errorf("%s in the container is %+v (present %v), want char device %d:%d", p, g, ok, want.major, want.minor)
-				}
-			}
-			for p, e := range got {
-				if _, wanted := tt.want[p]; !wanted && e.kind != 'd' {
-					t.Errorf("%s is in the container but was not allocated", p)
-				}
-			}
+			got, out := containerView(t, specDir, names...)
+			assertExactly(t, got, tt.want)
 			if t.Failed() {
 				t.Logf("ls -lR /dev/dri:\n%s", out)
 			}

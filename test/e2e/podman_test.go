@@ -210,6 +210,39 @@ func nodesOf(card, render int, pci string) map[string]entry {
 	}
 }
 
+// containerView runs a container with the CDI devices and returns what it
+// sees in /dev/dri, and the raw listing.
+func containerView(t *testing.T, specDir string, devices ...string) (map[string]entry, string) {
+	t.Helper()
+	out, errOut, err := podmanRun(specDir, devices...)
+	if err != nil {
+		t.Fatalf("podman run with %v failed: %v\n%s\n%s\n"+
+			"(podman on this machine needs /etc/containers/containers.conf with [engine] cgroup_manager=\"cgroupfs\"; .ci/run writes it)",
+			devices, err, out, errOut)
+	}
+	got, err := parseLsR(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got, out
+}
+
+// assertExactly checks that the container sees every wanted entry with its
+// numbers and nothing but directories besides.
+func assertExactly(t *testing.T, got, want map[string]entry) {
+	t.Helper()
+	for p, w := range want {
+		if g, ok := got[p]; !ok || g != w {
+			t.Errorf("%s in the container is %+v (present %v), want char device %d:%d", p, g, ok, w.major, w.minor)
+		}
+	}
+	for p, e := range got {
+		if _, wanted := want[p]; !wanted && e.kind != 'd' {
+			t.Errorf("%s is in the container but belongs to no GPU asked for", p)
+		}
+	}
+}
+
 func union(ms ...map[string]entry) map[string]entry {
 	out := map[string]entry{}
 	for _, m := range ms {
@@ -252,26 +285,8 @@ func TestPodmanInjectsTheNodesOfTheGPUAskedFor(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, errOut, err := podmanRun(specDir, tt.devices...)
-			if err != nil {
-				t.Fatalf("podman run with %v failed: %v\n%s\n%s\n"+
-					"(podman on this machine needs /etc/containers/containers.conf with [engine] cgroup_manager=\"cgroupfs\"; .ci/run writes it)",
-					tt.devices, err, out, errOut)
-			}
-			got, err := parseLsR(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for p, want := range tt.want {
-				if g, ok := got[p]; !ok || g != want {
-					t.Errorf("%s in the container is %+v (present %v), want char device %d:%d", p, g, ok, want.major, want.minor)
-				}
-			}
-			for p, e := range got {
-				if _, wanted := tt.want[p]; !wanted && e.kind != 'd' {
-					t.Errorf("%s is in the container but belongs to no GPU asked for", p)
-				}
-			}
+			got, out := containerView(t, specDir, tt.devices...)
+			assertExactly(t, got, tt.want)
 			for p := range pf {
 				if _, ok := got[p]; ok {
 					t.Errorf("the PF's %s is in the container", p)
