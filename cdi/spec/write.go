@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/yaml"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	specs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/atomicfile"
 )
 
 // Format is a spec encoding.
@@ -98,22 +100,9 @@ func WriteEncoded(path string, data []byte) error {
 	if err := mkdirAll(dir, dirMode); err != nil {
 		return fmt.Errorf("creating CDI spec directory %s: %w", dir, err)
 	}
-	tmp, err := writeTemp(dir, filepath.Base(path), data)
+	err := atomicfile.Write(path, tempPrefix+filepath.Base(path)+".*", data, Mode, validateFile)
 	if err != nil {
-		return err
-	}
-	if err := validateFile(tmp); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
 		return fmt.Errorf("writing CDI spec %s: %w", path, err)
-	}
-	// The rename is durable only once the directory entry is on disk.
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }
@@ -151,7 +140,7 @@ func mkdirAll(dir string, perm fs.FileMode) error {
 // the CDI library's strict parser and validation. It needs a scratch file,
 // since the library validates only what it reads from disk.
 func Validate(data []byte) error {
-	tmp, err := writeTemp(os.TempDir(), "validate", data)
+	tmp, err := atomicfile.WriteTemp(os.TempDir(), tempPrefix+"validate.*", data, Mode)
 	if err != nil {
 		return err
 	}
@@ -164,33 +153,6 @@ func validateFile(p string) error {
 		return fmt.Errorf("CDI spec rejected by the CDI library: %w", err)
 	}
 	return nil
-}
-
-func writeTemp(dir, base string, data []byte) (string, error) {
-	f, err := os.CreateTemp(dir, tempPrefix+base+".*")
-	if err != nil {
-		return "", fmt.Errorf("creating temporary spec file in %s: %w", dir, err)
-	}
-	name := f.Name()
-	fail := func(err error) (string, error) {
-		f.Close()
-		os.Remove(name)
-		return "", fmt.Errorf("writing temporary spec file %s: %w", name, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Chmod(Mode); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(name)
-		return "", fmt.Errorf("writing temporary spec file %s: %w", name, err)
-	}
-	return name, nil
 }
 
 // RemoveStale removes the spec at path if it is a spec of the given kind.
@@ -219,23 +181,4 @@ func RemoveStale(path, kind string) (removed bool, err error) {
 
 // CleanTemp removes temporary files a killed writer left in dir and
 // returns how many it removed. Only names this package creates are touched.
-func CleanTemp(dir string) (int, error) {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("reading %s: %w", dir, err)
-	}
-	n := 0
-	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), tempPrefix) || !e.Type().IsRegular() {
-			continue
-		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return n, fmt.Errorf("removing leftover %s: %w", e.Name(), err)
-		}
-		n++
-	}
-	return n, nil
-}
+func CleanTemp(dir string) (int, error) { return atomicfile.CleanTemp(dir, tempPrefix) }

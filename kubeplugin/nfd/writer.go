@@ -9,10 +9,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/atomicfile"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 )
 
@@ -138,53 +138,12 @@ func (w *Writer) sync(data []byte) error {
 		}
 		return nil
 	}
-	return writeAtomic(w.dir, w.path, data)
-}
-
-// writeAtomic writes a dot file next to path and renames it over path, so
-// a reader sees the old file or the new one, never a part.
-func writeAtomic(dir, path string, data []byte) error {
-	f, err := os.CreateTemp(dir, tempPrefix+"*")
-	if err != nil {
-		return fmt.Errorf("creating temporary feature file: %w", err)
-	}
-	tmp := f.Name()
-	err = f.Chmod(0o644)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.Write(w.path, tempPrefix+"*", data, 0o644, nil)
 }
 
 // cleanTemp removes temporary files a crashed run left behind.
 func (w *Writer) cleanTemp() {
-	entries, err := os.ReadDir(w.dir)
-	if err != nil {
-		w.log.Warn("reading features directory", "dir", w.dir, "err", err)
-		return
-	}
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), tempPrefix) {
-			if err := os.Remove(filepath.Join(w.dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				w.log.Warn("removing leftover temporary feature file", "path", e.Name(), "err", err)
-			}
-		}
+	if _, err := atomicfile.CleanTemp(w.dir, tempPrefix); err != nil {
+		w.log.Warn("removing leftover temporary feature files", "dir", w.dir, "err", err)
 	}
 }
