@@ -199,7 +199,8 @@ func (p *Plugin) rescan(ctx context.Context) {
 	prev := p.hub.current()
 	next := buildSnapshot(res.Devices, prev, &p.cfg, p.pciGone)
 
-	wroteUnion, err := p.writeSpec(union(next, prev))
+	both, only := union(next, prev), next.specDevices()
+	wroteUnion, err := p.writeSpec(both)
 	if err != nil {
 		p.cfg.Observer.Rescan(time.Since(start), err)
 		p.log.Error("writing CDI spec; keeping the previous device list", "path", p.specPath, "err", err)
@@ -208,7 +209,12 @@ func (p *Plugin) rescan(ctx context.Context) {
 	}
 	p.hub.publish(next)
 	serving := p.ensureServers(ctx, next)
-	wroteTrim, err := p.writeSpec(next.specDevices())
+	// union holds next's GPUs and those leaving; with none leaving the
+	// spec is already exactly next's, and building it again is waste.
+	wroteTrim := false
+	if len(both) != len(only) {
+		wroteTrim, err = p.writeSpec(only)
+	}
 	switch {
 	case err != nil:
 		// The spec on disk still holds every advertised GPU; only GPUs
