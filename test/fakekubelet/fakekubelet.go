@@ -32,8 +32,10 @@ type Kubelet struct {
 	// wake is closed and replaced on every registration.
 	wake chan struct{}
 	wg   sync.WaitGroup
-	// Reject, when set, makes Register fail with this error.
+	// reject, when set, makes Register fail with this error.
 	reject error
+	// rejected counts the registrations refused because of reject.
+	rejected int
 }
 
 // Start serves a fake kubelet in dir, creating dir when needed.
@@ -86,6 +88,9 @@ func (r registration) Register(_ context.Context, req *pluginapi.RegisterRequest
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.reject != nil {
+		k.rejected++
+		close(k.wake)
+		k.wake = make(chan struct{})
 		return nil, k.reject
 	}
 	if req.Version != pluginapi.Version {
@@ -105,6 +110,23 @@ func (k *Kubelet) SetReject(err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.reject = err
+}
+
+// WaitRejected waits until at least n registrations were refused by SetReject.
+func (k *Kubelet) WaitRejected(ctx context.Context, n int) error {
+	for {
+		k.mu.Lock()
+		seen, wake := k.rejected, k.wake
+		k.mu.Unlock()
+		if seen >= n {
+			return nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %d refused registrations (saw %d): %w", n, seen, ctx.Err())
+		}
+	}
 }
 
 // Registrations returns every registration so far, oldest first.

@@ -283,6 +283,9 @@ func TestRegistrationIsRetriedUntilTheKubeletAccepts(t *testing.T) {
 	r.registered(kubeplugin.ResourceI915, 1)
 	r.kubelet.SetReject(status.Error(codes.Unavailable, "kubelet busy"))
 	require.NoError(t, r.kubelet.Restart())
+	// Only once the plugin was turned away twice is the kubelet ready: a
+	// plugin that tried once and gave up would never register again.
+	require.NoError(t, r.kubelet.WaitRejected(r.ctx(), 2))
 	r.kubelet.SetReject(nil)
 	r.registered(kubeplugin.ResourceI915, 2)
 }
