@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 )
 
 // Version is set at build time with
@@ -106,6 +108,11 @@ func (c *commonConfig) checkRoots() error {
 		*r.path = abs
 	}
 	return nil
+}
+
+// scanner reads the node below the roots the flags give.
+func (c *commonConfig) scanner() *discovery.Scanner {
+	return discovery.New(discovery.WithSysfsRoot(c.SysfsRoot), discovery.WithDevRoot(c.DevRoot))
 }
 
 // logger builds the process logger from the logging flags.

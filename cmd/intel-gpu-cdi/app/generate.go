@@ -45,7 +45,7 @@ func generateCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("--format: %w", err)
 			}
-			res, err := discovery.New(discovery.WithSysfsRoot(common.SysfsRoot), discovery.WithDevRoot(common.DevRoot)).Scan()
+			res, err := common.scanner().Scan()
 			if err != nil {
 				return err
 			}

@@ -35,7 +35,7 @@ func listCommand() *cli.Command {
 			if err := common.checkRoots(); err != nil {
 				return err
 			}
-			res, err := discovery.New(discovery.WithSysfsRoot(common.SysfsRoot), discovery.WithDevRoot(common.DevRoot)).Scan()
+			res, err := common.scanner().Scan()
 			if err != nil {
 				return err
 			}

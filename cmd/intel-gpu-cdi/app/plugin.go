@@ -81,7 +81,7 @@ func pluginCommand() *cli.Command {
 				return err
 			}
 			opts = append(opts,
-				kubeplugin.WithScanner(discovery.New(discovery.WithSysfsRoot(common.SysfsRoot), discovery.WithDevRoot(common.DevRoot))),
+				kubeplugin.WithScanner(common.scanner()),
 				kubeplugin.WithLogger(log),
 			)
 			var labels *nfd.Writer
