@@ -1,6 +1,6 @@
-// Package metrics exposes what the device plugin does as Prometheus
-// metrics: it implements kubeplugin.Observer on a registry of its own and
-// serves that registry over HTTP.
+// Package metrics exposes what the node and the device plugin do as
+// Prometheus metrics: it implements both Observers on a registry of its own
+// and serves that registry over HTTP.
 //
 // Every counter named *_total counts attempts, failed ones included; the
 // matching *_errors_total counts the failed ones alone, so the success rate
@@ -15,7 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 )
 
 // Namespace starts every metric name.
@@ -41,7 +42,7 @@ var RescanBuckets = []float64{
 // knownResources get their label children resolved up front, so the
 // Observer methods on the Allocate path do no map lookup under a lock and
 // every series reads 0 before anything happens.
-var knownResources = []string{kubeplugin.ResourceI915, kubeplugin.ResourceXe, kubeplugin.ResourceMonitoring}
+var knownResources = []string{deviceplugin.ResourceI915, deviceplugin.ResourceXe, deviceplugin.ResourceMonitoring}
 
 // Metrics is a kubeplugin.Observer that records into its own registry.
 // It is safe for concurrent use.
@@ -70,7 +71,10 @@ type resourceMetrics struct {
 	registrations, regErrors prometheus.Counter
 }
 
-var _ kubeplugin.Observer = (*Metrics)(nil)
+var (
+	_ node.Observer         = (*Metrics)(nil)
+	_ deviceplugin.Observer = (*Metrics)(nil)
+)
 
 // New returns metrics registered in a fresh registry that also holds the
 // Go runtime and process collectors.

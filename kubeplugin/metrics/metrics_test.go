@@ -1,11 +1,7 @@
 package metrics_test
 
 import (
-	"context"
 	"errors"
-	"io"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 )
 
@@ -25,14 +21,14 @@ var errBoom = errors.New("boom")
 
 func TestObserverCallsLandInTheirMetrics(t *testing.T) {
 	m := metrics.New()
-	m.Devices(kubeplugin.ResourceI915, 2, 1)
-	m.Devices(kubeplugin.ResourceXe, 1, 0)
-	m.Devices(kubeplugin.ResourceI915, 3, 0) // a later list replaces the earlier
-	m.Allocation(kubeplugin.ResourceI915, nil)
-	m.Allocation(kubeplugin.ResourceI915, errBoom)
-	m.Allocation(kubeplugin.ResourceXe, nil)
-	m.Registration(kubeplugin.ResourceXe, errBoom)
-	m.Registration(kubeplugin.ResourceXe, nil)
+	m.Devices(deviceplugin.ResourceI915, 2, 1)
+	m.Devices(deviceplugin.ResourceXe, 1, 0)
+	m.Devices(deviceplugin.ResourceI915, 3, 0) // a later list replaces the earlier
+	m.Allocation(deviceplugin.ResourceI915, nil)
+	m.Allocation(deviceplugin.ResourceI915, errBoom)
+	m.Allocation(deviceplugin.ResourceXe, nil)
+	m.Registration(deviceplugin.ResourceXe, errBoom)
+	m.Registration(deviceplugin.ResourceXe, nil)
 	m.KubeletRestart()
 	m.SpecWrite(nil)
 	m.SpecWrite(errBoom)
@@ -150,8 +146,8 @@ func TestTheRegistryHoldsTheRuntimeCollectorsAndNothingGlobal(t *testing.T) {
 func TestAllocationObserverDoesNotAllocate(t *testing.T) {
 	m := metrics.New()
 	allocs := testing.AllocsPerRun(1000, func() {
-		m.Allocation(kubeplugin.ResourceI915, nil)
-		m.Allocation(kubeplugin.ResourceXe, errBoom)
+		m.Allocation(deviceplugin.ResourceI915, nil)
+		m.Allocation(deviceplugin.ResourceXe, errBoom)
 	})
 	assert.Zero(t, allocs, "the Allocate hot path must not allocate in the observer")
 }
@@ -161,68 +157,7 @@ func BenchmarkAllocation(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			m.Allocation(kubeplugin.ResourceI915, nil)
+			m.Allocation(deviceplugin.ResourceI915, nil)
 		}
-	})
-}
-
-func TestServer(t *testing.T) {
-	t.Run("a bad address fails at Listen", func(t *testing.T) {
-		for _, addr := range []string{"", "nonsense", "127.0.0.1:notaport", "256.0.0.1:9400"} {
-			_, err := metrics.Listen(addr, http.NotFoundHandler())
-			assert.Error(t, err, "address %q", addr)
-		}
-	})
-
-	t.Run("a taken address fails at Listen", func(t *testing.T) {
-		taken, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer taken.Close()
-		_, err = metrics.Listen(taken.Addr().String(), http.NotFoundHandler())
-		assert.ErrorContains(t, err, "address already in use")
-	})
-
-	t.Run("it serves /metrics until its context ends and then frees the port", func(t *testing.T) {
-		m := metrics.New()
-		m.KubeletRestart()
-		srv, err := metrics.Listen("127.0.0.1:0", m.Handler())
-		require.NoError(t, err)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- srv.Serve(ctx) }()
-
-		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
-		base := "http://" + srv.Addr().String()
-		resp, err := client.Get(base + metrics.Path)
-		require.NoError(t, err)
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		require.NoError(t, err)
-		assert.Equal(t, http.StatusOK, resp.StatusCode)
-		assert.Contains(t, string(body), "intel_gpu_cdi_kubelet_restarts_total 1\n")
-
-		resp, err = client.Get(base + "/")
-		require.NoError(t, err)
-		resp.Body.Close()
-		assert.Equal(t, http.StatusNotFound, resp.StatusCode, "only /metrics is served")
-
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(10 * time.Second):
-			t.Fatal("Serve did not return after its context ended")
-		}
-		again, err := net.Listen("tcp", srv.Addr().String())
-		require.NoError(t, err, "the port is free again")
-		again.Close()
-	})
-
-	t.Run("a listener that fails is reported, not hidden", func(t *testing.T) {
-		srv, err := metrics.Listen("127.0.0.1:0", http.NotFoundHandler())
-		require.NoError(t, err)
-		require.NoError(t, srv.Close())
-		err = srv.Serve(context.Background())
-		assert.ErrorContains(t, err, "serving metrics on")
 	})
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/atomicfile"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 )
 
 // FileName is the feature file's name in the features directory.
@@ -146,4 +147,17 @@ func (w *Writer) cleanTemp() {
 	if _, err := atomicfile.CleanTemp(w.dir, tempPrefix); err != nil {
 		w.log.Warn("removing leftover temporary feature files", "dir", w.dir, "err", err)
 	}
+}
+
+// Subscriber keeps the file describing every GPU a node lists, usable or
+// not: subscribe it to the node.
+func (w *Writer) Subscriber() node.Subscriber {
+	return node.SubscriberFunc(func(_ context.Context, s *node.Snapshot) error {
+		devs := make([]discovery.Device, len(s.GPUs))
+		for i, g := range s.GPUs {
+			devs[i] = g.Device
+		}
+		w.Update(devs)
+		return nil
+	})
 }

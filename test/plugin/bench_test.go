@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
 
@@ -31,7 +31,7 @@ func reportLatencies(b *testing.B, samples []time.Duration, unit string, scale t
 // unix socket, as the kubelet makes it.
 func BenchmarkAllocate(b *testing.B) {
 	r := startRig(b, []func(*fakenode.Node) error{fakenode.IGPU})
-	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
 	ctx := context.Background()
 	req := &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: []string{"0000:00:02.0"}}}}
 	samples := make([]time.Duration, 0, b.N)
@@ -55,7 +55,7 @@ func BenchmarkAllocate(b *testing.B) {
 // timed.
 func BenchmarkHotplugToListAndWatch(b *testing.B) {
 	r := startRig(b, []func(*fakenode.Node) error{fakenode.IGPU})
-	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
 	ch := r.watch(c)
 	r.nextList(ch, "the iGPU", func(l []*pluginapi.Device) bool { return len(l) == 1 })
 	const pci = "0000:0a:00.0"
@@ -89,7 +89,7 @@ func BenchmarkStartToRegistered64(b *testing.B) {
 	for range b.N {
 		start := time.Now()
 		r := startRigOn(b, node)
-		_, c := r.registered(kubeplugin.ResourceI915, 1)
+		_, c := r.registered(deviceplugin.ResourceI915, 1)
 		r.nextList(r.watch(c), "64 GPUs", func(l []*pluginapi.Device) bool { return len(l) == 64 })
 		samples = append(samples, time.Since(start))
 		b.StopTimer()
@@ -104,7 +104,7 @@ func BenchmarkStartToRegistered64(b *testing.B) {
 // (sockets wiped, kubelet.sock created again) to the plugin registered anew.
 func BenchmarkKubeletRestartToReregistered(b *testing.B) {
 	r := startRig(b, []func(*fakenode.Node) error{fakenode.IGPU})
-	r.registered(kubeplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceI915, 1)
 	samples := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := range b.N {
@@ -112,7 +112,7 @@ func BenchmarkKubeletRestartToReregistered(b *testing.B) {
 		if err := r.kubelet.Restart(); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := r.kubelet.WaitRegistration(r.ctx(), kubeplugin.ResourceI915, i+2); err != nil {
+		if _, err := r.kubelet.WaitRegistration(r.ctx(), deviceplugin.ResourceI915, i+2); err != nil {
 			b.Fatal(fmt.Errorf("restart %d: %w", i+1, err))
 		}
 		samples = append(samples, time.Since(start))

@@ -11,9 +11,9 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
 )
 
 // waitFor bounds every wait in these tests. It is a deadline for a hang,
@@ -26,14 +26,14 @@ type rig struct {
 	node    *fakenode.Node
 	kubelet *fakekubelet.Kubelet
 	specDir string
-	plugin  *kubeplugin.Plugin
+	plugin  *plugintest.Plugin
 	cancel  context.CancelFunc
 	done    chan error
 }
 
 // startRig builds a fake node with the fixtures, starts a fake kubelet and
 // the plugin with opts, and stops both when the test ends.
-func startRig(t testing.TB, fixtures []func(*fakenode.Node) error, opts ...kubeplugin.Option) *rig {
+func startRig(t testing.TB, fixtures []func(*fakenode.Node) error, opts ...plugintest.Option) *rig {
 	t.Helper()
 	node := fakenode.NewT(t)
 	node.MustApply(t, fixtures...)
@@ -41,23 +41,20 @@ func startRig(t testing.TB, fixtures []func(*fakenode.Node) error, opts ...kubep
 }
 
 // startRigOn starts a fake kubelet and the plugin on an existing node.
-func startRigOn(t testing.TB, node *fakenode.Node, opts ...kubeplugin.Option) *rig {
+func startRigOn(t testing.TB, node *fakenode.Node, opts ...plugintest.Option) *rig {
 	t.Helper()
-	// Unix socket paths are limited to 108 bytes: keep them short.
-	sockDir, err := os.MkdirTemp("", "kp")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sockDir := shortTempDir(t)
 	k, err := fakekubelet.Start(sockDir)
 	require.NoError(t, err)
 	t.Cleanup(k.Stop)
 
 	r := &rig{t: t, node: node, kubelet: k, specDir: specDir(t)}
-	all := append([]kubeplugin.Option{
-		kubeplugin.WithScanner(discovery.New(discovery.WithSysfsRoot(node.Sys), discovery.WithDevRoot(node.Dev))),
-		kubeplugin.WithKubeletSocketDir(sockDir),
-		kubeplugin.WithCDISpecDir(r.specDir),
+	all := append([]plugintest.Option{
+		plugintest.WithScanner(discovery.New(discovery.WithSysfsRoot(node.Sys), discovery.WithDevRoot(node.Dev))),
+		plugintest.WithKubeletSocketDir(sockDir),
+		plugintest.WithCDISpecDir(r.specDir),
 	}, opts...)
-	r.plugin, err = kubeplugin.New(all...)
+	r.plugin, err = plugintest.New(all...)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -134,4 +131,14 @@ func specDir(t testing.TB) string {
 		}
 	}
 	return filepath.Join(t.TempDir(), "cdi")
+}
+
+// shortTempDir returns a directory with a path short enough for unix
+// sockets (108 bytes), removed when the test ends.
+func shortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "kp")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

@@ -23,11 +23,12 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app"
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
 )
 
 // serveMetrics serves m on a port the system picks and stops the server
@@ -166,17 +167,17 @@ func assertMetrics(t *testing.T, url string, checks ...check) {
 }
 
 const (
-	i915 = "resource=" + kubeplugin.ResourceI915
-	xe   = "resource=" + kubeplugin.ResourceXe
-	mon  = "resource=" + kubeplugin.ResourceMonitoring
+	i915 = "resource=" + deviceplugin.ResourceI915
+	xe   = "resource=" + deviceplugin.ResourceXe
+	mon  = "resource=" + deviceplugin.ResourceMonitoring
 )
 
 func TestMetricsCountAllocationsRegistrationsRestartsAndRescans(t *testing.T) {
 	m := metrics.New()
-	r := startRig(t, demo, kubeplugin.WithObserver(m))
+	r := startRig(t, demo, plugintest.WithObserver(m))
 	url := serveMetrics(t, m)
-	_, c := r.registered(kubeplugin.ResourceI915, 1)
-	r.registered(kubeplugin.ResourceXe, 1)
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceXe, 1)
 	r.nextList(r.watch(c), "both i915 GPUs", func(l []*pluginapi.Device) bool { return len(l) == 2 })
 
 	_, err := allocate(r.ctx(), c, []string{"0000:03:00.0"})
@@ -185,10 +186,10 @@ func TestMetricsCountAllocationsRegistrationsRestartsAndRescans(t *testing.T) {
 	require.Error(t, err, "an unknown ID fails")
 
 	require.NoError(t, r.kubelet.Restart())
-	r.registered(kubeplugin.ResourceI915, 2)
-	r.registered(kubeplugin.ResourceXe, 2)
+	r.registered(deviceplugin.ResourceI915, 2)
+	r.registered(deviceplugin.ResourceXe, 2)
 
-	assertMetrics(t, url, registeredOK(kubeplugin.ResourceI915, 2), registeredOK(kubeplugin.ResourceXe, 2), exactly(map[sample]float64{
+	assertMetrics(t, url, registeredOK(deviceplugin.ResourceI915, 2), registeredOK(deviceplugin.ResourceXe, 2), exactly(map[sample]float64{
 		series("intel_gpu_cdi_devices", i915, "health=healthy"):   2,
 		series("intel_gpu_cdi_devices", i915, "health=unhealthy"): 0,
 		series("intel_gpu_cdi_devices", xe, "health=healthy"):     1,
@@ -225,9 +226,9 @@ func TestMetricsCountAllocationsRegistrationsRestartsAndRescans(t *testing.T) {
 
 func TestMetricsFollowHotplugAndHealth(t *testing.T) {
 	m := metrics.New()
-	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU}, kubeplugin.WithObserver(m))
+	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU}, plugintest.WithObserver(m))
 	url := serveMetrics(t, m)
-	r.registered(kubeplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceI915, 1)
 	devices := func(healthy, unhealthy float64) check {
 		return exactly(map[sample]float64{
 			series("intel_gpu_cdi_devices", i915, "health=healthy"):   healthy,
@@ -291,10 +292,10 @@ func TestTheCLIServesMetricsAndKeepsNFDLabelsUntilItStops(t *testing.T) {
 		"--metrics-address", addr, "--nfd-features-dir", features)
 	rctx, rcancel := context.WithTimeout(ctx, waitFor)
 	defer rcancel()
-	_, err = k.WaitRegistration(rctx, kubeplugin.ResourceXe, 1)
+	_, err = k.WaitRegistration(rctx, deviceplugin.ResourceXe, 1)
 	require.NoError(t, err, "log:\n%s", log)
 
-	assertMetrics(t, "http://"+addr+metrics.Path, registeredOK(kubeplugin.ResourceXe, 1), exactly(map[sample]float64{
+	assertMetrics(t, "http://"+addr+metrics.Path, registeredOK(deviceplugin.ResourceXe, 1), exactly(map[sample]float64{
 		series("intel_gpu_cdi_devices", i915, "health=healthy"): 2,
 		series("intel_gpu_cdi_devices", xe, "health=healthy"):   1,
 	}))
@@ -335,7 +336,7 @@ func TestABadMetricsAddressStopsStartUpNamingTheFlag(t *testing.T) {
 			if tc.env != "" {
 				t.Setenv("INTEL_GPU_CDI_METRICS_ADDRESS", tc.env)
 			}
-			args := append([]string{"--kubelet-socket-dir", t.TempDir(), "--cdi-spec-dir", t.TempDir()}, tc.args...)
+			args := append([]string{"--kubelet-socket-dir", shortTempDir(t), "--cdi-spec-dir", t.TempDir()}, tc.args...)
 			done, log := runCLI(t, context.Background(), args...)
 			select {
 			case err := <-done:

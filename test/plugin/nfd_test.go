@@ -11,9 +11,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
 )
 
 // header is the comment that opens the feature file.
@@ -85,7 +85,7 @@ func startLabels(t *testing.T) (w *nfd.Writer, stop func()) {
 
 func TestNFDLabelsFollowGPUsComingAndGoing(t *testing.T) {
 	w, stop := startLabels(t)
-	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU}, kubeplugin.WithOnDevices(w.Update))
+	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU}, plugintest.WithSubscriber(w.Subscriber()))
 	waitForFile(t, w.Path(), iGPULabels)
 	st, err := os.Stat(w.Path())
 	require.NoError(t, err)
@@ -120,7 +120,7 @@ func TestNFDLabelsFollowGPUsComingAndGoing(t *testing.T) {
 
 func TestNFDLabelsOfSRIOVCountTheVFsNotThePF(t *testing.T) {
 	w, _ := startLabels(t)
-	startRig(t, []func(*fakenode.Node) error{fakenode.SRIOV}, kubeplugin.WithOnDevices(w.Update))
+	startRig(t, []func(*fakenode.Node) error{fakenode.SRIOV}, plugintest.WithSubscriber(w.Subscriber()))
 	waitForFile(t, w.Path(), header+
 		"gpu.intel.com/count=2\n"+
 		"gpu.intel.com/device-id.0x56c0.count=2\n"+
@@ -144,7 +144,7 @@ func TestNFDLabelsOnANodeWithoutGPUsAreNoFileAndAStaleOneGoes(t *testing.T) {
 	}()
 	defer func() { cancel(); <-done }()
 
-	r := startRig(t, nil, kubeplugin.WithOnDevices(w.Update))
+	r := startRig(t, nil, plugintest.WithSubscriber(w.Subscriber()))
 	waitForFile(t, stale, "")
 
 	r.node.MustAddGPU(t, fakenode.GPU{Card: 0, PCI: "0000:00:02.0", Device: "0x46a6"})
@@ -165,7 +165,7 @@ func TestABadNFDFeaturesDirStopsStartUpNamingTheFlag(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			args := append([]string{"--kubelet-socket-dir", t.TempDir(), "--cdi-spec-dir", t.TempDir()}, set(t)...)
+			args := append([]string{"--kubelet-socket-dir", shortTempDir(t), "--cdi-spec-dir", t.TempDir()}, set(t)...)
 			done, log := runCLI(t, context.Background(), args...)
 			select {
 			case err := <-done:

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -16,8 +15,10 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
 )
 
 func TestMain(m *testing.M) {
@@ -29,8 +30,8 @@ var demo = []func(*fakenode.Node) error{fakenode.Demo}
 func TestRegistersEachResourceWithItsOwnSocketAfterWritingTheSpec(t *testing.T) {
 	r := startRig(t, demo)
 
-	i915, _ := r.registered(kubeplugin.ResourceI915, 1)
-	xe, _ := r.registered(kubeplugin.ResourceXe, 1)
+	i915, _ := r.registered(deviceplugin.ResourceI915, 1)
+	xe, _ := r.registered(deviceplugin.ResourceXe, 1)
 
 	for _, req := range []*pluginapi.RegisterRequest{i915, xe} {
 		assert.Equal(t, pluginapi.Version, req.Version)
@@ -54,8 +55,8 @@ func TestRegistersEachResourceWithItsOwnSocketAfterWritingTheSpec(t *testing.T) 
 
 func TestListAndWatchSendsStableIDsHealthAndNUMATopology(t *testing.T) {
 	r := startRig(t, demo)
-	_, i915 := r.registered(kubeplugin.ResourceI915, 1)
-	_, xe := r.registered(kubeplugin.ResourceXe, 1)
+	_, i915 := r.registered(deviceplugin.ResourceI915, 1)
+	_, xe := r.registered(deviceplugin.ResourceXe, 1)
 
 	l := r.nextList(r.watch(i915), "the i915 list", func(l []*pluginapi.Device) bool { return len(l) > 0 })
 	require.Len(t, l, 2)
@@ -71,8 +72,8 @@ func TestListAndWatchSendsStableIDsHealthAndNUMATopology(t *testing.T) {
 }
 
 func TestSharedDevNumMakesEachGPUThatManyIDsAndInjectsItOnce(t *testing.T) {
-	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU}, kubeplugin.WithSharedDevNum(3))
-	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU}, plugintest.WithSharedDevNum(3))
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
 	l := r.nextList(r.watch(c), "three shares", func(l []*pluginapi.Device) bool { return len(l) == 3 })
 	assert.Equal(t, []string{"0000:00:02.0-0/Healthy", "0000:00:02.0-1/Healthy", "0000:00:02.0-2/Healthy"}, ids(l))
 
@@ -85,17 +86,17 @@ func TestAllocateUnderEachDeviceListStrategy(t *testing.T) {
 	const gpu = "0000:03:00.0"
 	tests := []struct {
 		name       string
-		strategies kubeplugin.Strategies
+		strategies deviceplugin.Strategies
 	}{
-		{"cdi-cri alone fills only CDIDevices", kubeplugin.Strategies{CRI: true}},
-		{"cdi-annotations alone sets only the cdi.k8s.io annotation", kubeplugin.Strategies{Annotations: true}},
-		{"device-specs alone gives legacy nodes and by-path mounts", kubeplugin.Strategies{DeviceSpecs: true}},
-		{"all three together fill every field", kubeplugin.Strategies{CRI: true, Annotations: true, DeviceSpecs: true}},
+		{"cdi-cri alone fills only CDIDevices", deviceplugin.Strategies{CRI: true}},
+		{"cdi-annotations alone sets only the cdi.k8s.io annotation", deviceplugin.Strategies{Annotations: true}},
+		{"device-specs alone gives legacy nodes and by-path mounts", deviceplugin.Strategies{DeviceSpecs: true}},
+		{"all three together fill every field", deviceplugin.Strategies{CRI: true, Annotations: true, DeviceSpecs: true}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := startRig(t, demo, kubeplugin.WithStrategies(tc.strategies))
-			_, c := r.registered(kubeplugin.ResourceI915, 1)
+			r := startRig(t, demo, plugintest.WithStrategies(tc.strategies))
+			_, c := r.registered(deviceplugin.ResourceI915, 1)
 			resp, err := allocate(r.ctx(), c, []string{gpu})
 			require.NoError(t, err)
 			cr := resp.ContainerResponses[0]
@@ -138,7 +139,7 @@ func TestAllocateUnderEachDeviceListStrategy(t *testing.T) {
 
 func TestAllocateRejectsUnknownAndUnhealthyIDs(t *testing.T) {
 	r := startRig(t, demo)
-	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
 	ch := r.watch(c)
 	r.nextList(ch, "the first list", func(l []*pluginapi.Device) bool { return len(l) == 2 })
 
@@ -164,7 +165,7 @@ func TestAllocateRejectsUnknownAndUnhealthyIDs(t *testing.T) {
 
 func TestANotReadyGPUTurnsUnhealthyAndRecoversWithoutLeavingTheList(t *testing.T) {
 	r := startRig(t, demo)
-	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
 	ch := r.watch(c)
 	r.nextList(ch, "both healthy", func(l []*pluginapi.Device) bool {
 		return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy", "0000:03:00.0/Healthy"})
@@ -188,7 +189,7 @@ func TestANotReadyGPUTurnsUnhealthyAndRecoversWithoutLeavingTheList(t *testing.T
 
 func TestHotplugAddsTheSpecBeforeTheListAndRemovesTheListBeforeTheSpec(t *testing.T) {
 	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
-	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
 	ch := r.watch(c)
 	r.nextList(ch, "the iGPU", func(l []*pluginapi.Device) bool { return len(l) == 1 })
 
@@ -210,17 +211,17 @@ func TestHotplugAddsTheSpecBeforeTheListAndRemovesTheListBeforeTheSpec(t *testin
 
 func TestAResourceAppearsWhenItsFirstGPUIsPluggedIn(t *testing.T) {
 	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
-	r.registered(kubeplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceI915, 1)
 
 	r.node.MustAddGPU(t, fakenode.GPU{Card: 1, PCI: "0000:03:00.0", Device: "0xe20b", Driver: "xe"})
-	_, xe := r.registered(kubeplugin.ResourceXe, 1)
+	_, xe := r.registered(deviceplugin.ResourceXe, 1)
 	l := r.nextList(r.watch(xe), "the xe GPU", func(l []*pluginapi.Device) bool { return len(l) == 1 })
 	assert.Equal(t, "0000:03:00.0", l[0].ID)
 }
 
 func TestWithoutGPUsThereIsNoSpecAndAStaleOneIsRemoved(t *testing.T) {
 	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
-	r.registered(kubeplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceI915, 1)
 	require.FileExists(t, r.plugin.SpecPath())
 
 	require.NoError(t, r.node.RemoveGPU("0000:00:02.0"))
@@ -231,13 +232,13 @@ func TestWithoutGPUsThereIsNoSpecAndAStaleOneIsRemoved(t *testing.T) {
 }
 
 func TestMonitoringAllocatesEveryGPUThroughTheAllDevice(t *testing.T) {
-	r := startRig(t, demo, kubeplugin.WithMonitoring(true))
-	req, c := r.registered(kubeplugin.ResourceMonitoring, 1)
-	assert.Equal(t, kubeplugin.ResourceMonitoring, req.ResourceName)
+	r := startRig(t, demo, plugintest.WithMonitoring(true))
+	req, c := r.registered(deviceplugin.ResourceMonitoring, 1)
+	assert.Equal(t, deviceplugin.ResourceMonitoring, req.ResourceName)
 	l := r.nextList(r.watch(c), "the monitoring device", func(l []*pluginapi.Device) bool { return len(l) == 1 })
 	assert.Equal(t, []string{"monitoring/Healthy"}, ids(l))
 
-	resp, err := allocate(r.ctx(), c, []string{kubeplugin.MonitoringDeviceID})
+	resp, err := allocate(r.ctx(), c, []string{deviceplugin.MonitoringDeviceID})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"intel.com/gpu=all"}, cdiNames(resp.ContainerResponses[0]))
 }
@@ -245,16 +246,16 @@ func TestMonitoringAllocatesEveryGPUThroughTheAllDevice(t *testing.T) {
 func TestAllowAndDenyIDsFilterGPUsByPCIDeviceID(t *testing.T) {
 	tests := []struct {
 		name string
-		opt  kubeplugin.Option
+		opt  plugintest.Option
 		want []string
 	}{
-		{"allow-ids keeps only the listed device IDs", kubeplugin.WithAllowIDs([]string{"0x56a0"}), []string{"0000:03:00.0/Healthy"}},
-		{"deny-ids drops the listed device IDs", kubeplugin.WithDenyIDs([]string{"0x56A0"}), []string{"0000:00:02.0/Healthy"}},
+		{"allow-ids keeps only the listed device IDs", plugintest.WithAllowIDs([]string{"0x56a0"}), []string{"0000:03:00.0/Healthy"}},
+		{"deny-ids drops the listed device IDs", plugintest.WithDenyIDs([]string{"0x56A0"}), []string{"0000:00:02.0/Healthy"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := startRig(t, demo, tc.opt)
-			_, c := r.registered(kubeplugin.ResourceI915, 1)
+			_, c := r.registered(deviceplugin.ResourceI915, 1)
 			l := r.nextList(r.watch(c), "the filtered list", func(l []*pluginapi.Device) bool { return len(l) > 0 })
 			assert.Equal(t, tc.want, ids(l))
 		})
@@ -263,12 +264,12 @@ func TestAllowAndDenyIDsFilterGPUsByPCIDeviceID(t *testing.T) {
 
 func TestTwentyKubeletRestartsInARowEachEndRegisteredAndServing(t *testing.T) {
 	r := startRig(t, demo)
-	r.registered(kubeplugin.ResourceI915, 1)
-	r.registered(kubeplugin.ResourceXe, 1)
+	r.registered(deviceplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceXe, 1)
 
 	for i := 2; i <= 21; i++ {
 		require.NoError(t, r.kubelet.Restart())
-		for _, res := range []string{kubeplugin.ResourceI915, kubeplugin.ResourceXe} {
+		for _, res := range []string{deviceplugin.ResourceI915, deviceplugin.ResourceXe} {
 			req, c := r.registered(res, i)
 			l := r.nextList(r.watch(c), "the list after restart", func(l []*pluginapi.Device) bool { return len(l) > 0 })
 			resp, err := allocate(r.ctx(), c, []string{l[0].ID})
@@ -280,19 +281,19 @@ func TestTwentyKubeletRestartsInARowEachEndRegisteredAndServing(t *testing.T) {
 
 func TestRegistrationIsRetriedUntilTheKubeletAccepts(t *testing.T) {
 	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
-	r.registered(kubeplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceI915, 1)
 	r.kubelet.SetReject(status.Error(codes.Unavailable, "kubelet busy"))
 	require.NoError(t, r.kubelet.Restart())
 	// Only once the plugin was turned away twice is the kubelet ready: a
 	// plugin that tried once and gave up would never register again.
 	require.NoError(t, r.kubelet.WaitRejected(r.ctx(), 2))
 	r.kubelet.SetReject(nil)
-	r.registered(kubeplugin.ResourceI915, 2)
+	r.registered(deviceplugin.ResourceI915, 2)
 }
 
 func TestStopRemovesSocketsAndLeavesTheSpec(t *testing.T) {
 	r := startRig(t, demo)
-	req, _ := r.registered(kubeplugin.ResourceI915, 1)
+	req, _ := r.registered(deviceplugin.ResourceI915, 1)
 	r.stop()
 	assert.NoFileExists(t, filepath.Join(r.kubelet.Dir(), req.Endpoint))
 	assert.FileExists(t, r.plugin.SpecPath(), "running containers still need the spec")
@@ -319,25 +320,25 @@ func TestPreferredAllocationUnderEachPolicy(t *testing.T) {
 
 	tests := []struct {
 		name      string
-		policy    kubeplugin.Policy
+		policy    deviceplugin.Policy
 		available []string
 		must      []string
 		size      int32
 		want      []string
 	}{
-		{"none spreads over distinct GPUs first", kubeplugin.PolicyNone, all, nil, 3, []string{share(a, 0), share(b, 0), share(c, 0)}},
-		{"none wraps around once every GPU is used", kubeplugin.PolicyNone, all, nil, 4, []string{share(a, 0), share(b, 0), share(c, 0), share(a, 1)}},
-		{"none keeps must-include and spreads the rest", kubeplugin.PolicyNone, all, []string{share(b, 1)}, 2, []string{share(b, 1), share(a, 0)}},
-		{"packed fills the first GPU in PCI order before the next", kubeplugin.PolicyPacked, all, nil, 3, []string{share(a, 0), share(a, 1), share(b, 0)}},
-		{"packed fills the GPU with the fewest free shares first", kubeplugin.PolicyPacked, []string{share(a, 0), share(a, 1), share(c, 1)}, nil, 1, []string{share(c, 1)}},
-		{"packed continues on a must-include GPU", kubeplugin.PolicyPacked, all, []string{share(c, 0)}, 2, []string{share(c, 0), share(c, 1)}},
-		{"balanced takes from the GPU with the most free shares", kubeplugin.PolicyBalanced, []string{share(a, 1), share(b, 0), share(b, 1), share(c, 1)}, nil, 1, []string{share(b, 0)}},
-		{"balanced alternates as free shares even out", kubeplugin.PolicyBalanced, []string{share(a, 1), share(b, 0), share(b, 1), share(c, 1)}, nil, 3, []string{share(b, 0), share(a, 1), share(b, 1)}},
+		{"none spreads over distinct GPUs first", deviceplugin.PolicyNone, all, nil, 3, []string{share(a, 0), share(b, 0), share(c, 0)}},
+		{"none wraps around once every GPU is used", deviceplugin.PolicyNone, all, nil, 4, []string{share(a, 0), share(b, 0), share(c, 0), share(a, 1)}},
+		{"none keeps must-include and spreads the rest", deviceplugin.PolicyNone, all, []string{share(b, 1)}, 2, []string{share(b, 1), share(a, 0)}},
+		{"packed fills the first GPU in PCI order before the next", deviceplugin.PolicyPacked, all, nil, 3, []string{share(a, 0), share(a, 1), share(b, 0)}},
+		{"packed fills the GPU with the fewest free shares first", deviceplugin.PolicyPacked, []string{share(a, 0), share(a, 1), share(c, 1)}, nil, 1, []string{share(c, 1)}},
+		{"packed continues on a must-include GPU", deviceplugin.PolicyPacked, all, []string{share(c, 0)}, 2, []string{share(c, 0), share(c, 1)}},
+		{"balanced takes from the GPU with the most free shares", deviceplugin.PolicyBalanced, []string{share(a, 1), share(b, 0), share(b, 1), share(c, 1)}, nil, 1, []string{share(b, 0)}},
+		{"balanced alternates as free shares even out", deviceplugin.PolicyBalanced, []string{share(a, 1), share(b, 0), share(b, 1), share(c, 1)}, nil, 3, []string{share(b, 0), share(a, 1), share(b, 1)}},
 	}
-	for _, policy := range []kubeplugin.Policy{kubeplugin.PolicyNone, kubeplugin.PolicyPacked, kubeplugin.PolicyBalanced} {
+	for _, policy := range []deviceplugin.Policy{deviceplugin.PolicyNone, deviceplugin.PolicyPacked, deviceplugin.PolicyBalanced} {
 		t.Run(string(policy), func(t *testing.T) {
-			r := startRig(t, []func(*fakenode.Node) error{gpus}, kubeplugin.WithSharedDevNum(2), kubeplugin.WithPolicy(policy))
-			_, cl := r.registered(kubeplugin.ResourceI915, 1)
+			r := startRig(t, []func(*fakenode.Node) error{gpus}, plugintest.WithSharedDevNum(2), plugintest.WithPolicy(policy))
+			_, cl := r.registered(deviceplugin.ResourceI915, 1)
 			for _, tc := range tests {
 				if tc.policy != policy {
 					continue
@@ -364,7 +365,7 @@ func TestPreferredAllocationUnderEachPolicy(t *testing.T) {
 
 func TestAllocateFromManyGoroutinesWhileGPUsComeAndGo(t *testing.T) {
 	r := startRig(t, demo)
-	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
 	ctx, cancel := context.WithCancel(r.ctx())
 	defer cancel()
 
@@ -395,8 +396,8 @@ func TestAllocateFromManyGoroutinesWhileGPUsComeAndGo(t *testing.T) {
 func TestAGPUWhoseDriverIsUnboundStaysListedUnhealthyUntilItLeavesTheBus(t *testing.T) {
 	// A function leaving the bus after its nodes are gone makes no /dev/dri
 	// event (and sysfs has no inotify): the resync safety net sees it.
-	r := startRig(t, demo, kubeplugin.WithResyncPeriod(200*time.Millisecond))
-	_, c := r.registered(kubeplugin.ResourceI915, 1)
+	r := startRig(t, demo, plugintest.WithResyncPeriod(node.MinResyncPeriod))
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
 	ch := r.watch(c)
 	r.nextList(ch, "both healthy", func(l []*pluginapi.Device) bool {
 		return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy", "0000:03:00.0/Healthy"})

@@ -21,7 +21,7 @@ import (
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
 
@@ -313,7 +313,7 @@ func TestSpecWriterKilledMidWrite(t *testing.T) {
 
 	// The plugin starts on the directory: its leftovers go, the rest stays.
 	rg := newRig(t, rigConfig{fixtures: []func(*fakenode.Node) error{fakenode.Demo}, specDir: dir})
-	rg.registered(kubeplugin.ResourceI915, 1)
+	rg.registered(deviceplugin.ResourceI915, 1)
 	if still := temps(t, dir); len(still) > 0 {
 		t.Errorf("the plugin started and left %d temporary files: %v", len(still), still)
 	}

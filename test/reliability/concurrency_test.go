@@ -15,9 +15,10 @@ import (
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
 )
 
 const (
@@ -54,9 +55,9 @@ type tally struct{ ok, refused, transport atomic.Int64 }
 func TestAllocateFromSixteenGoroutinesWhileGPUsComeAndGoAndTheKubeletRestarts(t *testing.T) {
 	r := newRig(t, rigConfig{
 		fixtures: []func(*fakenode.Node) error{fakenode.Demo, func(n *fakenode.Node) error { return n.AddGPU(hotplugGPU) }},
-		opts:     []kubeplugin.Option{kubeplugin.WithSharedDevNum(2)},
+		opts:     []plugintest.Option{plugintest.WithSharedDevNum(2)},
 	})
-	r.registered(kubeplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceI915, 1)
 
 	var pool []string
 	for _, pci := range []string{steadyPCI, flakyPCI, hotplugPCI} {
@@ -161,7 +162,7 @@ func TestAllocateFromSixteenGoroutinesWhileGPUsComeAndGoAndTheKubeletRestarts(t 
 }
 
 func dialI915(t testing.TB, r *rig) *fakekubelet.Client {
-	c, err := r.kubelet.Dial(socketOf(kubeplugin.ResourceI915))
+	c, err := r.kubelet.Dial(socketOf(deviceplugin.ResourceI915))
 	if err != nil {
 		t.Error(err)
 	}

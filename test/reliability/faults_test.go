@@ -17,8 +17,9 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
@@ -30,7 +31,7 @@ import (
 const (
 	addedPCI       = "0000:0a:00.0"
 	specWriteErrs  = "intel_gpu_cdi_spec_write_errors_total"
-	specWriteError = "writing CDI spec; keeping the previous device list"
+	specWriteError = "writing CDI spec; keeping the previous snapshot"
 )
 
 var addedGPU = fakenode.GPU{Card: 1, PCI: addedPCI, Device: "0x56a0"}
@@ -144,7 +145,7 @@ func (r *rig) watchSpecAgainstLists(ch <-chan []*pluginapi.Device, stop <-chan s
 // failingSpecDir adds a GPU while the spec directory cannot be written and
 // checks that nothing moves until it can.
 func failingSpecDir(t *testing.T, r *rig, breakIt func() (restore func())) {
-	c := r.registered(kubeplugin.ResourceI915, 1)
+	c := r.registered(deviceplugin.ResourceI915, 1)
 	ch := r.watch(c)
 	r.nextList(ch, "the first GPU", func(l []*pluginapi.Device) bool { return len(l) == 1 })
 	before, err := os.ReadFile(r.plugin.SpecPath())
@@ -181,7 +182,7 @@ func failingSpecDir(t *testing.T, r *rig, breakIt func() (restore func())) {
 	restore()
 	// The retry catches up: the list grows only once the spec holds the GPU.
 	eventually(t, "the added GPU in the spec", func() bool { return specHas(t, r.plugin.SpecPath(), addedPCI) })
-	c2 := r.registered(kubeplugin.ResourceI915, 1)
+	c2 := r.registered(deviceplugin.ResourceI915, 1)
 	r.nextList(r.watch(c2), "the added GPU listed", func(l []*pluginapi.Device) bool { return len(l) == 2 })
 	close(stop)
 	for _, p := range <-bad {
@@ -218,7 +219,7 @@ func TestAFullSpecDirKeepsTheSpecAndTheListAndIsRetried(t *testing.T) {
 
 func TestAGPUThatLeavesWhileTheSpecDirIsReadOnlyLeavesTheListFirst(t *testing.T) {
 	r := newRig(t, rigConfig{fixtures: []func(*fakenode.Node) error{fakenode.IGPU, func(n *fakenode.Node) error { return n.AddGPU(addedGPU) }}})
-	c := r.registered(kubeplugin.ResourceI915, 1)
+	c := r.registered(deviceplugin.ResourceI915, 1)
 	ch := r.watch(c)
 	r.nextList(ch, "both GPUs", func(l []*pluginapi.Device) bool { return len(l) == 2 })
 	restore := readOnly(t, r.specDir)
@@ -249,7 +250,7 @@ func TestAPluginStartingOnAReadOnlySpecDirRegistersNothingUntilItCanWrite(t *tes
 		t.Fatalf("registered %d resources with no spec on disk", len(regs))
 	}
 	restore()
-	r.registered(kubeplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceI915, 1)
 	if !specHas(t, r.plugin.SpecPath(), "0000:00:02.0") {
 		t.Error("registered before the spec was on disk")
 	}
@@ -259,7 +260,7 @@ func TestAPluginStartingOnAReadOnlySpecDirRegistersNothingUntilItCanWrite(t *tes
 // a directory: the server cannot start, and must start once it can.
 func TestAServerThatCannotStartIsRetried(t *testing.T) {
 	sockDir := shortTempDir(t)
-	block := filepath.Join(sockDir, socketOf(kubeplugin.ResourceI915))
+	block := filepath.Join(sockDir, socketOf(deviceplugin.ResourceI915))
 	if err := os.MkdirAll(filepath.Join(block, "in-the-way"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -270,16 +271,16 @@ func TestAServerThatCannotStartIsRetried(t *testing.T) {
 	if err := os.RemoveAll(block); err != nil {
 		t.Fatal(err)
 	}
-	r.registered(kubeplugin.ResourceI915, 1)
+	r.registered(deviceplugin.ResourceI915, 1)
 	r.alive()
 }
 
 func TestAllocateWithUnknownDuplicateAndUnhealthyIDs(t *testing.T) {
 	r := newRig(t, rigConfig{
 		fixtures: []func(*fakenode.Node) error{fakenode.Demo},
-		opts:     []kubeplugin.Option{kubeplugin.WithSharedDevNum(2), kubeplugin.WithMonitoring(true)},
+		opts:     []plugintest.Option{plugintest.WithSharedDevNum(2), plugintest.WithMonitoring(true)},
 	})
-	c := r.registered(kubeplugin.ResourceI915, 1)
+	c := r.registered(deviceplugin.ResourceI915, 1)
 	ch := r.watch(c)
 	r.nextList(ch, "four shares", func(l []*pluginapi.Device) bool { return len(l) == 4 })
 	if err := r.node.RemoveDevNodes(flakyPCI); err != nil {
@@ -288,7 +289,7 @@ func TestAllocateWithUnknownDuplicateAndUnhealthyIDs(t *testing.T) {
 	r.nextList(ch, "0000:03:00.0 unhealthy", func(l []*pluginapi.Device) bool {
 		return slices.Contains(ids(l), flakyPCI+"-0/Unhealthy")
 	})
-	mon := r.registered(kubeplugin.ResourceMonitoring, 1)
+	mon := r.registered(deviceplugin.ResourceMonitoring, 1)
 
 	ok := func(names ...string) []string { return names }
 	tests := []struct {
@@ -311,7 +312,7 @@ func TestAllocateWithUnknownDuplicateAndUnhealthyIDs(t *testing.T) {
 		{name: "two shares of one GPU inject it once", req: [][]string{{steadyPCI + "-1", steadyPCI + "-0"}}, want: [][]string{ok("intel.com/gpu=" + steadyPCI)}},
 		{name: "two containers sharing a GPU both get it", req: [][]string{{steadyPCI + "-0"}, {steadyPCI + "-1"}}, want: [][]string{ok("intel.com/gpu=" + steadyPCI), ok("intel.com/gpu=" + steadyPCI)}},
 		{name: "an unknown monitoring ID is refused", client: "monitoring", req: [][]string{{"monitor"}}, code: codes.InvalidArgument, quote: `"monitor"`},
-		{name: "the monitoring device gets every GPU", client: "monitoring", req: [][]string{{kubeplugin.MonitoringDeviceID}}, want: [][]string{ok("intel.com/gpu=all")}},
+		{name: "the monitoring device gets every GPU", client: "monitoring", req: [][]string{{deviceplugin.MonitoringDeviceID}}, want: [][]string{ok("intel.com/gpu=all")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -45,6 +45,7 @@ var badFlags = []struct {
 	{flag: "deny-ids", values: []string{"0x56a00", "gpu"}},
 	{flag: "resync-period", values: []string{"-1s", "soon", "", "1ns", "10ms"}, env: []string{"-5m"}},
 	{flag: "metrics-address", values: []string{"not an address", ":99999", "256.0.0.1:9400"}},
+	{flag: "probe-address", values: []string{"not an address", ":99999", "256.0.0.1:8081"}},
 	{flag: "nfd-features-dir", values: []string{"@file/features.d"}},
 }
 

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
@@ -165,7 +165,7 @@ func BenchmarkFootprint(b *testing.B) {
 	})
 	pid := cmd.Process.Pid
 
-	req, err := k.WaitRegistration(ctxFor(t, waitFor), kubeplugin.ResourceI915, 1)
+	req, err := k.WaitRegistration(ctxFor(t, waitFor), deviceplugin.ResourceI915, 1)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr.String())
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
 
@@ -39,7 +39,7 @@ func goroutineDump() string {
 // were after the first restart: nothing leaks per restart.
 func TestHundredKubeletRestartsInARow(t *testing.T) {
 	r := newRig(t, rigConfig{fixtures: []func(*fakenode.Node) error{fakenode.Demo}})
-	resources := []string{kubeplugin.ResourceI915, kubeplugin.ResourceXe}
+	resources := []string{deviceplugin.ResourceI915, deviceplugin.ResourceXe}
 
 	// cycle acts as the kubelet after its n-th start: it waits for each
 	// resource to register, opens ListAndWatch (held until the next

@@ -17,16 +17,16 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
 )
 
 // waitFor bounds every wait: a deadline for a hang, not a speed goal.
 const waitFor = 20 * time.Second
 
-// counter is a kubeplugin.Observer that counts what the plugin reports
+// counter is a plugintest.Observer that counts what the plugin reports
 // and passes it on to the plugin's Prometheus metrics.
 type counter struct {
 	specWrites, specWriteErrs atomic.Int64
@@ -35,7 +35,7 @@ type counter struct {
 	metrics                   *metrics.Metrics
 }
 
-var _ kubeplugin.Observer = (*counter)(nil)
+var _ plugintest.Observer = (*counter)(nil)
 
 func (c *counter) Devices(res string, healthy, unhealthy int) {
 	c.metrics.Devices(res, healthy, unhealthy)
@@ -123,7 +123,7 @@ type rig struct {
 	node    *fakenode.Node
 	kubelet *fakekubelet.Kubelet
 	specDir string
-	plugin  *kubeplugin.Plugin
+	plugin  *plugintest.Plugin
 	obs     *counter
 	log     *logBuffer
 	cancel  context.CancelFunc
@@ -134,7 +134,7 @@ type rigConfig struct {
 	fixtures []func(*fakenode.Node) error
 	specDir  string // default: a new temporary directory
 	sockDir  string // default: a new short temporary directory
-	opts     []kubeplugin.Option
+	opts     []plugintest.Option
 	noStart  bool
 }
 
@@ -166,14 +166,14 @@ func newRig(t testing.TB, c rigConfig) *rig {
 	}
 	t.Cleanup(k.Stop)
 	r := &rig{t: t, node: node, kubelet: k, specDir: c.specDir, obs: &counter{metrics: metrics.New()}, log: &logBuffer{}}
-	opts := append([]kubeplugin.Option{
-		kubeplugin.WithScanner(discovery.New(discovery.WithSysfsRoot(node.Sys), discovery.WithDevRoot(node.Dev))),
-		kubeplugin.WithKubeletSocketDir(c.sockDir),
-		kubeplugin.WithCDISpecDir(c.specDir),
-		kubeplugin.WithObserver(r.obs),
-		kubeplugin.WithLogger(slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))),
+	opts := append([]plugintest.Option{
+		plugintest.WithScanner(discovery.New(discovery.WithSysfsRoot(node.Sys), discovery.WithDevRoot(node.Dev))),
+		plugintest.WithKubeletSocketDir(c.sockDir),
+		plugintest.WithCDISpecDir(c.specDir),
+		plugintest.WithObserver(r.obs),
+		plugintest.WithLogger(slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))),
 	}, c.opts...)
-	r.plugin, err = kubeplugin.New(opts...)
+	r.plugin, err = plugintest.New(opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

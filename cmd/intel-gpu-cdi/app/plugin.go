@@ -3,52 +3,84 @@ package app
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/httpserver"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/probe"
 )
 
-// minResyncPeriod is the shortest --resync-period other than 0.
-const minResyncPeriod = time.Second
-
-// pluginConfig holds the plugin's own flags.
+// pluginConfig holds the plugin's own flags. Fields that need no parsing
+// land in the node and device plugin configurations directly; each of
+// those checks its own values, and fieldFlags names the flag of a field
+// it refuses.
 type pluginConfig struct {
-	KubeletSocketDir   string
-	CDISpecDir         string
-	SharedDevNum       int
+	Node               node.Config
+	DevicePlugin       deviceplugin.Config
 	AllocationPolicy   string
 	DeviceListStrategy string
-	EnableMonitoring   bool
 	AllowIDs           string
 	DenyIDs            string
-	ResyncPeriod       time.Duration
 	MetricsAddress     string
+	ProbeAddress       string
 	NFDFeaturesDir     string
 }
 
+// fieldFlags maps the configuration fields to the flags that set them.
+var fieldFlags = map[string]string{
+	"CDISpecDir":       "--cdi-spec-dir",
+	"AllowIDs":         "--allow-ids",
+	"DenyIDs":          "--deny-ids",
+	"ResyncPeriod":     "--resync-period",
+	"KubeletSocketDir": "--kubelet-socket-dir",
+	"SharedDevNum":     "--shared-dev-num",
+	"Policy":           "--allocation-policy",
+	"Strategies":       "--device-list-strategy",
+}
+
+// flagError names the flag of a configuration field that was refused.
+func flagError(err error) error {
+	fe, ok := kubeplugin.AsFieldError(err)
+	if !ok {
+		return err
+	}
+	name := func(field string) string {
+		if flag, ok := fieldFlags[field]; ok {
+			return flag
+		}
+		return field
+	}
+	if fe.With != "" {
+		return fmt.Errorf("%s and %s: %s", name(fe.Field), name(fe.With), fe.Reason)
+	}
+	return fmt.Errorf("%s: %s", name(fe.Field), fe.Reason)
+}
+
 func (c *pluginConfig) flags() []cli.Flag {
+	c.Node, c.DevicePlugin = node.DefaultConfig(), deviceplugin.DefaultConfig()
 	return []cli.Flag{
-		&cli.StringFlag{Name: "kubelet-socket-dir", Value: kubeplugin.DefaultKubeletSocketDir, Usage: "the kubelet's device-plugin directory (holds kubelet.sock)", EnvVars: env("kubelet-socket-dir"), Destination: &c.KubeletSocketDir},
-		&cli.StringFlag{Name: "cdi-spec-dir", Value: kubeplugin.DefaultCDISpecDir, Usage: "where the node's CDI spec is kept", EnvVars: env("cdi-spec-dir"), Destination: &c.CDISpecDir},
-		&cli.IntFlag{Name: "shared-dev-num", Value: 1, Usage: "how many containers may share one GPU", EnvVars: env("shared-dev-num"), Destination: &c.SharedDevNum},
-		&cli.StringFlag{Name: "allocation-policy", Value: string(kubeplugin.PolicyNone), Usage: "preferred allocation with shared GPUs: none (spread), balanced or packed", EnvVars: env("allocation-policy"), Destination: &c.AllocationPolicy},
-		&cli.StringFlag{Name: "device-list-strategy", Value: string(kubeplugin.StrategyCDICRI), Usage: "comma list of cdi-cri, cdi-annotations, device-specs", EnvVars: env("device-list-strategy"), Destination: &c.DeviceListStrategy},
-		&cli.BoolFlag{Name: "enable-monitoring", Usage: "advertise gpu.intel.com/monitoring: one device that gets every GPU", EnvVars: env("enable-monitoring"), Destination: &c.EnableMonitoring},
+		&cli.StringFlag{Name: "kubelet-socket-dir", Value: c.DevicePlugin.KubeletSocketDir, Usage: "the kubelet's device-plugin directory (holds kubelet.sock); it need not exist yet, its parent must", EnvVars: env("kubelet-socket-dir"), Destination: &c.DevicePlugin.KubeletSocketDir},
+		&cli.StringFlag{Name: "cdi-spec-dir", Value: c.Node.CDISpecDir, Usage: "where the node's CDI spec is kept (created 0755 when missing)", EnvVars: env("cdi-spec-dir"), Destination: &c.Node.CDISpecDir},
+		&cli.IntFlag{Name: "shared-dev-num", Value: c.DevicePlugin.SharedDevNum, Usage: "how many containers may share one GPU", EnvVars: env("shared-dev-num"), Destination: &c.DevicePlugin.SharedDevNum},
+		&cli.StringFlag{Name: "allocation-policy", Value: string(c.DevicePlugin.Policy), Usage: "preferred allocation with shared GPUs: none (spread), balanced or packed", EnvVars: env("allocation-policy"), Destination: &c.AllocationPolicy},
+		&cli.StringFlag{Name: "device-list-strategy", Value: string(deviceplugin.StrategyCDICRI), Usage: "comma list of cdi-cri, cdi-annotations, device-specs", EnvVars: env("device-list-strategy"), Destination: &c.DeviceListStrategy},
+		&cli.BoolFlag{Name: "enable-monitoring", Usage: "advertise gpu.intel.com/monitoring: one device that gets every GPU", EnvVars: env("enable-monitoring"), Destination: &c.DevicePlugin.EnableMonitoring},
 		&cli.StringFlag{Name: "allow-ids", Usage: "comma list of PCI device IDs (0x56a0) to hand out; no others", EnvVars: env("allow-ids"), Destination: &c.AllowIDs},
 		&cli.StringFlag{Name: "deny-ids", Usage: "comma list of PCI device IDs never to hand out", EnvVars: env("deny-ids"), Destination: &c.DenyIDs},
-		&cli.DurationFlag{Name: "resync-period", Value: kubeplugin.DefaultResyncPeriod, Usage: "safety-net rescan period (changes are seen at once through /dev/dri events); 0 disables", EnvVars: env("resync-period"), Destination: &c.ResyncPeriod},
+		&cli.DurationFlag{Name: "resync-period", Value: c.Node.ResyncPeriod, Usage: "safety-net rescan period (changes are seen at once through /dev/dri events); 0 disables", EnvVars: env("resync-period"), Destination: &c.Node.ResyncPeriod},
 		&cli.StringFlag{Name: "metrics-address", Usage: "host:port to serve Prometheus metrics on at /metrics (such as :9400); empty serves none", EnvVars: env("metrics-address"), Destination: &c.MetricsAddress},
+		&cli.StringFlag{Name: "probe-address", Usage: "host:port to answer liveness (/healthz) and readiness (/readyz) probes on (such as :8081); empty serves none", EnvVars: env("probe-address"), Destination: &c.ProbeAddress},
 		&cli.StringFlag{Name: "nfd-features-dir", Usage: "Node Feature Discovery features.d directory (such as " + nfd.DefaultFeaturesDir + ") to keep gpu.intel.com/ labels in; empty writes none", EnvVars: env("nfd-features-dir"), Destination: &c.NFDFeaturesDir},
 	}
 }
@@ -76,154 +108,151 @@ func pluginCommand() *cli.Command {
 			if err := common.checkRoots(); err != nil {
 				return err
 			}
-			opts, err := cfg.options(&specCfg)
-			if err != nil {
+			if err := cfg.complete(&common, &specCfg, log); err != nil {
 				return err
 			}
-			opts = append(opts,
-				kubeplugin.WithScanner(common.scanner()),
-				kubeplugin.WithLogger(log),
-			)
-			var labels *nfd.Writer
-			if cfg.NFDFeaturesDir != "" {
-				if labels, err = nfd.New(cfg.NFDFeaturesDir, nfd.WithLogger(log)); err != nil {
-					return fmt.Errorf("--nfd-features-dir: %w", err)
-				}
-				opts = append(opts, kubeplugin.WithOnDevices(labels.Update))
-			}
-			var obs *metrics.Metrics
-			if cfg.MetricsAddress != "" {
-				obs = metrics.New()
-				opts = append(opts, kubeplugin.WithObserver(obs))
-			}
-			p, err := kubeplugin.New(opts...)
-			if err != nil {
-				return err
-			}
-			var srv *metrics.Server
-			if obs != nil {
-				if srv, err = metrics.Listen(cfg.MetricsAddress, obs.Handler()); err != nil {
-					return fmt.Errorf("--metrics-address: %w", err)
-				}
-			}
-			if err := cfg.checkSocketDir(); err != nil {
-				if srv != nil {
-					srv.Close()
-				}
-				return err
-			}
-
-			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			// The helpers stop with the plugin, whatever ends it.
-			ctx, cancel := context.WithCancel(ctx)
-			var helpers sync.WaitGroup
-			defer helpers.Wait()
-			defer cancel()
-			if srv != nil {
-				log.Info("serving metrics", "address", srv.Addr().String(), "path", metrics.Path)
-				helpers.Go(func() {
-					// A metrics failure is no reason to stop serving GPUs.
-					if err := srv.Serve(ctx); err != nil {
-						log.Error("metrics server", "err", err)
-					}
-				})
-			}
-			if labels != nil {
-				log.Info("keeping NFD feature labels", "path", labels.Path())
-				helpers.Go(func() { labels.Run(ctx) })
-			}
-			log.Info("starting device plugin", "version", Version, "sysfs", common.SysfsRoot, "dev", common.DevRoot,
-				"kubeletSocketDir", cfg.KubeletSocketDir, "spec", p.SpecPath())
-			return p.Run(ctx)
+			return cfg.run(c.Context, log)
 		},
 	}
 }
 
-// options turns the flags into plugin options, naming the flag of any bad
-// value so that start-up stops with an error a person can act on.
-func (c *pluginConfig) options(specCfg *specConfig) ([]kubeplugin.Option, error) {
+// complete parses the flags that need it and checks both configurations,
+// so that every bad value stops start-up with an error naming its flag.
+func (c *pluginConfig) complete(common *commonConfig, specCfg *specConfig, log *slog.Logger) error {
 	b, err := specCfg.builder()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if c.SharedDevNum < 1 || c.SharedDevNum > kubeplugin.MaxSharedDevNum {
-		return nil, fmt.Errorf("--shared-dev-num: %d is not between 1 and %d", c.SharedDevNum, kubeplugin.MaxSharedDevNum)
+	if c.DevicePlugin.Policy, err = deviceplugin.ParsePolicy(c.AllocationPolicy); err != nil {
+		return fmt.Errorf("--allocation-policy: %w", err)
 	}
-	policy, err := kubeplugin.ParsePolicy(c.AllocationPolicy)
-	if err != nil {
-		return nil, fmt.Errorf("--allocation-policy: %w", err)
+	if c.DevicePlugin.Strategies, err = deviceplugin.ParseStrategies(c.DeviceListStrategy); err != nil {
+		return fmt.Errorf("--device-list-strategy: %w", err)
 	}
-	strategies, err := kubeplugin.ParseStrategies(c.DeviceListStrategy)
-	if err != nil {
-		return nil, fmt.Errorf("--device-list-strategy: %w", err)
+	c.Node.AllowIDs, c.Node.DenyIDs = splitList(c.AllowIDs), splitList(c.DenyIDs)
+	c.Node.Scanner, c.Node.Builder, c.Node.Logger = common.scanner(), b, log
+	c.DevicePlugin.Logger = log
+	if err := c.Node.Validate(); err != nil {
+		return flagError(err)
 	}
-	allow, err := parseIDs(c.AllowIDs)
-	if err != nil {
-		return nil, fmt.Errorf("--allow-ids: %w", err)
+	if err := c.DevicePlugin.Validate(); err != nil {
+		return flagError(err)
 	}
-	deny, err := parseIDs(c.DenyIDs)
-	if err != nil {
-		return nil, fmt.Errorf("--deny-ids: %w", err)
-	}
-	if len(allow) > 0 && len(deny) > 0 {
-		return nil, fmt.Errorf("--allow-ids and --deny-ids are mutually exclusive")
-	}
-	if c.ResyncPeriod < 0 {
-		return nil, fmt.Errorf("--resync-period: %s is negative", c.ResyncPeriod)
-	}
-	// A rescan reads every GPU's files and rebuilds the spec: a period of
-	// milliseconds would keep a core busy on a node where nothing changes.
-	if c.ResyncPeriod > 0 && c.ResyncPeriod < minResyncPeriod {
-		return nil, fmt.Errorf("--resync-period: %s is below %s (0 turns the resync off)", c.ResyncPeriod, minResyncPeriod)
-	}
-	for _, d := range []struct{ flag, dir string }{{"--kubelet-socket-dir", c.KubeletSocketDir}, {"--cdi-spec-dir", c.CDISpecDir}} {
-		if d.dir == "" {
-			return nil, fmt.Errorf("%s: must not be empty", d.flag)
-		}
-		// A missing directory is made at start; something else in its
-		// place would fail every write and socket for ever.
+	// A missing directory is made at start (the spec dir) or waited for
+	// (the socket dir); something else in its place would fail every
+	// write and socket for ever.
+	for _, d := range []struct{ flag, dir string }{{"--kubelet-socket-dir", c.DevicePlugin.KubeletSocketDir}, {"--cdi-spec-dir", c.Node.CDISpecDir}} {
 		if fi, err := os.Stat(d.dir); err == nil && !fi.IsDir() {
-			return nil, fmt.Errorf("%s: %s is not a directory", d.flag, d.dir)
+			return fmt.Errorf("%s: %s is not a directory", d.flag, d.dir)
 		}
-	}
-
-	return []kubeplugin.Option{
-		kubeplugin.WithBuilder(b),
-		kubeplugin.WithKubeletSocketDir(c.KubeletSocketDir),
-		kubeplugin.WithCDISpecDir(c.CDISpecDir),
-		kubeplugin.WithSharedDevNum(c.SharedDevNum),
-		kubeplugin.WithPolicy(policy),
-		kubeplugin.WithStrategies(strategies),
-		kubeplugin.WithMonitoring(c.EnableMonitoring),
-		kubeplugin.WithAllowIDs(allow),
-		kubeplugin.WithDenyIDs(deny),
-		kubeplugin.WithResyncPeriod(c.ResyncPeriod),
-	}, nil
-}
-
-// checkSocketDir refuses a --kubelet-socket-dir too long for the sockets
-// in it: the plugin would start and then fail to serve for ever.
-func (c *pluginConfig) checkSocketDir() error {
-	if n := len(filepath.Clean(c.KubeletSocketDir)); n > kubeplugin.MaxKubeletSocketDirLen {
-		return fmt.Errorf("--kubelet-socket-dir: %d bytes is too long: the plugin's socket paths in it must fit the %d bytes of a unix socket address, which leaves %d for the directory",
-			n, kubeplugin.MaxSocketPathLen, kubeplugin.MaxKubeletSocketDirLen)
 	}
 	return nil
 }
 
-// parseIDs reads a comma list of PCI device IDs.
-func parseIDs(s string) ([]string, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
+// run wires the node, the device plugin and the optional endpoints, and
+// serves until a signal or ctx ends it.
+func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
+	var obs *metrics.Metrics
+	if c.MetricsAddress != "" {
+		obs = metrics.New()
+		c.Node.Observer, c.DevicePlugin.Observer = obs, obs
 	}
-	var ids []string
-	for _, part := range strings.Split(s, ",") {
-		id, err := discovery.NormalizeDeviceID(part)
-		if err != nil {
-			return nil, err
+	n, err := node.New(c.Node)
+	if err != nil {
+		return flagError(err)
+	}
+	dp, err := deviceplugin.New(c.DevicePlugin)
+	if err != nil {
+		return flagError(err)
+	}
+	n.Subscribe(dp)
+
+	var labels *nfd.Writer
+	if c.NFDFeaturesDir != "" {
+		if labels, err = nfd.New(c.NFDFeaturesDir, nfd.WithLogger(log)); err != nil {
+			return fmt.Errorf("--nfd-features-dir: %w", err)
 		}
-		ids = append(ids, id)
+		n.Subscribe(labels.Subscriber())
 	}
-	return ids, nil
+
+	// Every address is bound before anything runs, so a taken one stops
+	// start-up.
+	type endpoint struct {
+		name string
+		srv  *httpserver.Server
+	}
+	var endpoints []endpoint
+	closeAll := func() {
+		for _, e := range endpoints {
+			e.srv.Close()
+		}
+	}
+	if obs != nil {
+		srv, err := metrics.Listen(c.MetricsAddress, obs.Handler())
+		if err != nil {
+			return fmt.Errorf("--metrics-address: %w", err)
+		}
+		endpoints = append(endpoints, endpoint{"metrics", srv})
+	}
+	if c.ProbeAddress != "" {
+		srv, err := probe.Listen(c.ProbeAddress,
+			probe.Check{Name: "node", Live: n.Live, Ready: n.Ready},
+			probe.Check{Name: "device plugin", Ready: dp.Ready})
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("--probe-address: %w", err)
+		}
+		endpoints = append(endpoints, endpoint{"probes", srv})
+	}
+
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	// Everything stops with the node, whatever ends it.
+	ctx, cancel := context.WithCancel(ctx)
+	var helpers sync.WaitGroup
+	defer helpers.Wait()
+	defer cancel()
+	for _, e := range endpoints {
+		log.Info("serving "+e.name, "address", e.srv.Addr().String())
+		helpers.Go(func() {
+			// An endpoint failure is no reason to stop serving GPUs.
+			if err := e.srv.Serve(ctx); err != nil {
+				log.Error("serving "+e.name, "err", err)
+			}
+		})
+	}
+	if labels != nil {
+		log.Info("keeping NFD feature labels", "path", labels.Path())
+		helpers.Go(func() { labels.Run(ctx) })
+	}
+	dpErr := make(chan error, 1)
+	helpers.Go(func() {
+		err := dp.Run(ctx)
+		if err != nil {
+			cancel()
+		}
+		dpErr <- err
+	})
+	log.Info("starting device plugin", "version", Version, "sysfs", c.Node.Scanner.SysfsRoot(), "dev", c.Node.Scanner.DevRoot(),
+		"kubeletSocketDir", c.DevicePlugin.KubeletSocketDir, "spec", n.SpecPath())
+	err = n.Run(ctx)
+	cancel()
+	helpers.Wait()
+	if err != nil {
+		return err
+	}
+	err = <-dpErr
+	if err == nil {
+		log.Info("stopped")
+	}
+	return err
+}
+
+// splitList reads a comma list. An empty list is none; an empty item is
+// kept, for the check to refuse.
+func splitList(s string) []string {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }

@@ -1,4 +1,4 @@
-package kubeplugin
+package deviceplugin
 
 import (
 	"fmt"
@@ -10,18 +10,18 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 )
 
 // annotationPlugin is the plugin part of the cdi.k8s.io/ annotation key.
 const annotationPlugin = ResourceDomain
 
-// allocateContainer answers one container's request from the snapshot.
-func (s *snapshot) allocateContainer(c *Config, resource string, ids []string) (*pluginapi.ContainerAllocateResponse, error) {
+// allocateContainer answers one container's request from the inventory.
+func (s *inventory) allocateContainer(c *Config, resource string, ids []string) (*pluginapi.ContainerAllocateResponse, error) {
 	if len(ids) == 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "no device IDs in the request for %s", resource)
 	}
-	var gpus []*gpu
+	var gpus []*node.GPU
 	if resource == ResourceMonitoring {
 		for _, id := range ids {
 			if id != MonitoringDeviceID {
@@ -31,15 +31,15 @@ func (s *snapshot) allocateContainer(c *Config, resource string, ids []string) (
 		if !s.monitoringHealthy {
 			return nil, status.Errorf(codes.FailedPrecondition, "device %q of %s is unhealthy: no GPU is ready", MonitoringDeviceID, resource)
 		}
-		return respond(c, resource, []string{c.Builder.QualifiedName(spec.AllDevice)}, s.healthyGPUs()), nil
+		return s.respond(c, resource, []string{s.node.AllCDIName}, s.node.Healthy())
 	}
 	for _, id := range ids {
 		e, ok := s.byID[id]
-		if !ok || e.gpu.resource != resource {
+		if !ok || e.resource != resource {
 			return nil, status.Errorf(codes.InvalidArgument, "unknown device ID %q for %s", id, resource)
 		}
-		if !e.gpu.healthy {
-			return nil, status.Errorf(codes.FailedPrecondition, "device %q (GPU %s) is unhealthy: %s", id, e.gpu.dev.PCIAddress, e.gpu.dev.Reason)
+		if !e.gpu.Healthy {
+			return nil, status.Errorf(codes.FailedPrecondition, "device %q (GPU %s) is unhealthy: %s", id, e.gpu.PCIAddress(), e.gpu.Reason)
 		}
 		// Several shares of one GPU still inject that GPU once.
 		if !slices.Contains(gpus, e.gpu) {
@@ -48,23 +48,14 @@ func (s *snapshot) allocateContainer(c *Config, resource string, ids []string) (
 	}
 	names := make([]string, len(gpus))
 	for i, g := range gpus {
-		names[i] = g.cdiName
+		names[i] = g.CDIName
 	}
-	return respond(c, resource, names, gpus), nil
+	return s.respond(c, resource, names, gpus)
 }
 
-func (s *snapshot) healthyGPUs() []*gpu {
-	var out []*gpu
-	for _, g := range s.gpus {
-		if g.healthy {
-			out = append(out, g)
-		}
-	}
-	return out
-}
-
-// respond builds the answer under every configured strategy.
-func respond(c *Config, resource string, cdiNames []string, gpus []*gpu) *pluginapi.ContainerAllocateResponse {
+// respond builds the answer under every configured strategy. It fails
+// rather than leave out what a strategy could not express.
+func (s *inventory) respond(c *Config, resource string, cdiNames []string, gpus []*node.GPU) (*pluginapi.ContainerAllocateResponse, error) {
 	r := &pluginapi.ContainerAllocateResponse{}
 	if c.Strategies.CRI {
 		for _, n := range cdiNames {
@@ -76,30 +67,29 @@ func respond(c *Config, resource string, cdiNames []string, gpus []*gpu) *plugin
 		// i915 and xe GPUs gets one annotation per resource.
 		key := resource[strings.LastIndexByte(resource, '/')+1:]
 		ann, err := cdiapi.UpdateAnnotations(nil, annotationPlugin, key, cdiNames)
-		if err == nil {
-			r.Annotations = ann
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "building the CDI annotations for %s (devices %v): %v", resource, cdiNames, err)
 		}
+		r.Annotations = ann
 	}
 	if c.Strategies.DeviceSpecs {
 		for _, g := range gpus {
-			for _, n := range g.dev.Nodes() {
+			for _, n := range g.Device.Nodes() {
 				r.Devices = append(r.Devices, &pluginapi.DeviceSpec{ContainerPath: n.Path, HostPath: n.HostPath, Permissions: "rw"})
 			}
-			if c.byPathMounts() {
-				for _, l := range g.dev.ByPath {
+			if s.node.ByPathLinks {
+				for _, l := range g.Device.ByPath {
 					r.Mounts = append(r.Mounts, &pluginapi.Mount{ContainerPath: l.Path, HostPath: l.HostPath})
 				}
 			}
 		}
 	}
-	return r
+	return r, nil
 }
-
-func (c *Config) byPathMounts() bool { return c.Builder.ByPathMode() != spec.ByPathNone }
 
 // preferred picks size devices out of available for one container under
 // the configured policy, always keeping mustInclude.
-func (s *snapshot) preferred(p Policy, available, mustInclude []string, size int) ([]string, error) {
+func (s *inventory) preferred(p Policy, available, mustInclude []string, size int) ([]string, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("allocation size %d is negative", size)
 	}
@@ -126,7 +116,7 @@ func (s *snapshot) preferred(p Policy, available, mustInclude []string, size int
 	for _, id := range available {
 		pci := id
 		if e, ok := s.byID[id]; ok {
-			pci = e.gpu.dev.PCIAddress
+			pci = e.gpu.PCIAddress()
 		}
 		g := index[pci]
 		if g == nil {
@@ -184,7 +174,7 @@ func better(p Policy, used, free, bestUsed, bestFree int) bool {
 	}
 }
 
-func (s *snapshot) shareOf(id string) int {
+func (s *inventory) shareOf(id string) int {
 	if e, ok := s.byID[id]; ok {
 		return e.share
 	}

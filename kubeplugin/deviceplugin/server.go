@@ -1,4 +1,4 @@
-package kubeplugin
+package deviceplugin
 
 import (
 	"context"
@@ -11,11 +11,15 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"k8s.io/apimachinery/pkg/util/wait"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/retry"
 )
 
 // KubeletSocket is the kubelet's registration socket in the socket dir.
@@ -49,6 +53,8 @@ type server struct {
 	done   chan struct{}
 	cancel context.CancelFunc // stops the registration loop
 	wg     sync.WaitGroup
+	// registered is set once the kubelet accepted the current socket.
+	registered atomic.Bool
 }
 
 func newServer(resource string, cfg *Config, h *hub) *server {
@@ -109,6 +115,7 @@ func (s *server) stop() {
 	close(s.done)
 	s.grpc.Stop()
 	s.wg.Wait()
+	s.registered.Store(false)
 	s.grpc = nil
 	if err := os.Remove(s.socket()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.log.Warn("removing socket", "socket", s.socket(), "err", err)
@@ -122,34 +129,26 @@ func (s *server) restart(ctx context.Context) error {
 	return s.start(ctx)
 }
 
-// Backoff bounds for registration retries. The first retry comes soon:
+// registerBackoff paces registration retries. The first retry comes soon:
 // kubelet.sock appears when the kubelet binds it, a moment before it
 // listens, and a register in that moment is refused.
-const (
-	registerBackoffMin = 5 * time.Millisecond
-	registerBackoffMax = 5 * time.Second
-	registerTimeout    = 5 * time.Second
-)
+var registerBackoff = wait.Backoff{Duration: 5 * time.Millisecond, Factor: 2, Cap: 5 * time.Second}
+
+const registerTimeout = 5 * time.Second
 
 func (s *server) registerLoop(ctx context.Context) {
-	backoff := registerBackoffMin
-	for {
+	err := retry.Until(ctx, registerBackoff, func() error {
 		err := s.register(ctx)
-		s.cfg.Observer.Registration(s.resource, err)
-		if err == nil {
-			s.log.Info("registered with the kubelet", "socket", s.socket())
-			return
+		if ctx.Err() == nil {
+			s.cfg.Observer.Registration(s.resource, err)
 		}
-		if ctx.Err() != nil {
-			return
-		}
-		s.log.Warn("registration with the kubelet failed; retrying", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, registerBackoffMax)
+		return err
+	}, func(err error, next time.Duration) {
+		s.log.Warn("registration with the kubelet failed; retrying", "err", err, "in", next)
+	})
+	if err == nil {
+		s.registered.Store(true)
+		s.log.Info("registered with the kubelet", "socket", s.socket())
 	}
 }
 

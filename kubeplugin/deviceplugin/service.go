@@ -1,4 +1,4 @@
-package kubeplugin
+package deviceplugin
 
 import (
 	"context"
@@ -9,34 +9,34 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
-// hub holds the current snapshot and wakes ListAndWatch streams when a new
-// one is published.
+// hub holds the current inventory and wakes ListAndWatch streams when a
+// new one is published.
 type hub struct {
 	mu      sync.Mutex
-	snap    *snapshot
+	inv     *inventory
 	changed chan struct{}
 }
 
 func newHub() *hub {
-	return &hub{snap: &snapshot{byID: map[string]*entry{}, lists: map[string][]*pluginapi.Device{}}, changed: make(chan struct{})}
+	return &hub{inv: emptyInventory(), changed: make(chan struct{})}
 }
 
-// load returns the current snapshot and a channel closed when it is replaced.
-func (h *hub) load() (*snapshot, <-chan struct{}) {
+// load returns the current inventory and a channel closed when it is replaced.
+func (h *hub) load() (*inventory, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.snap, h.changed
+	return h.inv, h.changed
 }
 
-func (h *hub) current() *snapshot {
+func (h *hub) current() *inventory {
 	s, _ := h.load()
 	return s
 }
 
-func (h *hub) publish(s *snapshot) {
+func (h *hub) publish(inv *inventory) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.snap = s
+	h.inv = inv
 	close(h.changed)
 	h.changed = make(chan struct{})
 }
@@ -63,8 +63,8 @@ func (s *service) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin
 	var last []*pluginapi.Device
 	first := true
 	for {
-		snap, changed := s.hub.load()
-		list := snap.lists[s.resource]
+		inv, changed := s.hub.load()
+		list := inv.lists[s.resource]
 		if first || !sameList(last, list) {
 			if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: list}); err != nil {
 				return err
@@ -81,12 +81,14 @@ func (s *service) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin
 	}
 }
 
-// Allocate answers from the current snapshot alone.
+// Allocate answers from the current inventory alone. It answers for every
+// container or fails whole: a partial answer would start a container
+// without its GPU.
 func (s *service) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
-	snap := s.hub.current()
+	inv := s.hub.current()
 	resp := &pluginapi.AllocateResponse{ContainerResponses: make([]*pluginapi.ContainerAllocateResponse, 0, len(req.ContainerRequests))}
 	for _, cr := range req.ContainerRequests {
-		r, err := snap.allocateContainer(s.cfg, s.resource, cr.DevicesIds)
+		r, err := inv.allocateContainer(s.cfg, s.resource, cr.DevicesIds)
 		if err != nil {
 			s.cfg.Observer.Allocation(s.resource, err)
 			return nil, err
@@ -98,10 +100,10 @@ func (s *service) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*
 }
 
 func (s *service) GetPreferredAllocation(_ context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
-	snap := s.hub.current()
+	inv := s.hub.current()
 	resp := &pluginapi.PreferredAllocationResponse{}
 	for _, cr := range req.ContainerRequests {
-		ids, err := snap.preferred(s.cfg.Policy, cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, int(cr.AllocationSize))
+		ids, err := inv.preferred(s.cfg.Policy, cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, int(cr.AllocationSize))
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "%s: %v", s.resource, err)
 		}

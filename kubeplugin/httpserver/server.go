@@ -1,4 +1,7 @@
-package metrics
+// Package httpserver serves the plugins' small HTTP endpoints (metrics,
+// probes): bound at start, so that a bad or taken address stops start-up,
+// and shut down gracefully with the context.
+package httpserver
 
 import (
 	"context"
@@ -9,36 +12,37 @@ import (
 	"time"
 )
 
-// Path is where the metrics are served.
-const Path = "/metrics"
-
-// ShutdownTimeout bounds how long a stopping server waits for scrapes in
+// ShutdownTimeout bounds how long a stopping server waits for requests in
 // flight before it drops them.
 const ShutdownTimeout = 5 * time.Second
 
-// Server serves a metrics handler at Path. The address is bound by Listen,
-// so that a bad or taken address stops start-up instead of failing later.
+// Server serves handlers at fixed paths; every other path is 404.
 type Server struct {
-	lis net.Listener
-	srv *http.Server
+	what string
+	lis  net.Listener
+	srv  *http.Server
 }
 
-// Listen binds addr (host:port, such as ":9400" or "127.0.0.1:0") for h.
-func Listen(addr string, h http.Handler) (*Server, error) {
+// Listen binds addr (host:port, such as ":9400" or "127.0.0.1:0") for the
+// handlers of routes, keyed by path. what names the endpoint in errors.
+func Listen(what, addr string, routes map[string]http.Handler) (*Server, error) {
 	if addr == "" {
-		return nil, errors.New("empty metrics address")
+		return nil, fmt.Errorf("empty %s address", what)
 	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listening for metrics: %w", err)
+		return nil, fmt.Errorf("listening for %s: %w", what, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(Path, h)
+	for path, h := range routes {
+		mux.Handle(path, h)
+	}
 	return &Server{
-		lis: lis,
+		what: what,
+		lis:  lis,
 		srv: &http.Server{
 			Handler: mux,
-			// A scraper that never finishes its request must not hold a
+			// A client that never finishes its request must not hold a
 			// connection for ever.
 			ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout:       30 * time.Second,
@@ -55,15 +59,15 @@ func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 func (s *Server) Close() error { return s.lis.Close() }
 
 // Serve serves until ctx ends, then shuts down gracefully, waiting at most
-// ShutdownTimeout for scrapes in flight. It returns nil after a clean
+// ShutdownTimeout for requests in flight. It returns nil after a clean
 // shutdown; an error when serving failed before ctx ended or the shutdown
-// had to cut scrapes short. Either way the listener is closed on return.
+// had to cut requests short. Either way the listener is closed on return.
 func (s *Server) Serve(ctx context.Context) error {
 	served := make(chan error, 1)
 	go func() { served <- s.srv.Serve(s.lis) }()
 	select {
 	case err := <-served:
-		return fmt.Errorf("serving metrics on %s: %w", s.lis.Addr(), err)
+		return fmt.Errorf("serving %s on %s: %w", s.what, s.lis.Addr(), err)
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
@@ -71,10 +75,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	err := s.srv.Shutdown(sctx)
 	if err != nil {
 		_ = s.srv.Close()
-		err = fmt.Errorf("stopping metrics server on %s: %w", s.lis.Addr(), err)
+		err = fmt.Errorf("stopping %s server on %s: %w", s.what, s.lis.Addr(), err)
 	}
 	if serr := <-served; !errors.Is(serr, http.ErrServerClosed) {
-		err = errors.Join(err, fmt.Errorf("serving metrics on %s: %w", s.lis.Addr(), serr))
+		err = errors.Join(err, fmt.Errorf("serving %s on %s: %w", s.what, s.lis.Addr(), serr))
 	}
 	return err
 }

@@ -1,0 +1,347 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/retry"
+)
+
+// allDevice is the spec's device that holds every GPU.
+const allDevice = spec.AllDevice
+
+// maxCoalesce bounds how long a stream of events can hold a rescan back:
+// a device that keeps changing is still rescanned this often.
+const maxCoalesce = 50 * time.Millisecond
+
+// Subscriber is told of every new snapshot. Update is called on the node's
+// goroutine, in order, after the spec holding the snapshot's healthy GPUs
+// is on disk and before GPUs that left are trimmed from it, so a
+// subscriber that advertises what it is given never advertises a GPU
+// without its spec. It must not block for long. An error makes the node
+// call it again, with the then current snapshot, after a backoff.
+type Subscriber interface {
+	Update(ctx context.Context, s *Snapshot) error
+}
+
+// SubscriberFunc adapts a function to a Subscriber.
+type SubscriberFunc func(ctx context.Context, s *Snapshot) error
+
+// Update calls f.
+func (f SubscriberFunc) Update(ctx context.Context, s *Snapshot) error { return f(ctx, s) }
+
+// Node keeps the node's GPUs, their CDI spec and the subscribers current.
+type Node struct {
+	cfg      Config
+	specPath string
+
+	mu   sync.Mutex
+	subs []Subscriber
+
+	snap atomic.Pointer[Snapshot]
+	// ready is set after the first rescan that put its snapshot on disk
+	// and reached every subscriber.
+	ready atomic.Bool
+	// ping carries liveness checks into the loop.
+	ping chan chan struct{}
+
+	// Owned by the loop goroutine.
+	written []byte // the spec on disk as last written by us; nil when none
+	retry   *retry.Retry
+
+	view devView
+}
+
+// New checks cfg and returns a node ready to Run.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.normalized()
+	n := &Node{
+		cfg:      cfg,
+		specPath: filepath.Join(cfg.CDISpecDir, cfg.Builder.FileName()+".json"),
+		ping:     make(chan chan struct{}),
+		retry:    retry.New(wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Cap: 30 * time.Second}),
+		view:     newDevView(cfg.Scanner.DevRoot()),
+	}
+	n.snap.Store(&Snapshot{AllCDIName: cfg.Builder.QualifiedName(allDevice)})
+	return n, nil
+}
+
+// Subscribe adds a subscriber. Subscribers added before Run see the first
+// snapshot; one added later sees the next change.
+func (n *Node) Subscribe(s Subscriber) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.subs = append(n.subs, s)
+}
+
+// SpecPath is where the node keeps its CDI spec.
+func (n *Node) SpecPath() string { return n.specPath }
+
+// Snapshot returns the current snapshot; before the first rescan it holds
+// no GPU.
+func (n *Node) Snapshot() *Snapshot { return n.snap.Load() }
+
+// Ready reports whether the node has published its first snapshot, with
+// its spec on disk, to every subscriber.
+func (n *Node) Ready() error {
+	if !n.ready.Load() {
+		return errors.New("node: first scan not yet on disk and published")
+	}
+	return nil
+}
+
+// Live reports whether the node's loop answers and still sees the host's
+// /dev/dri. It returns an error when ctx ends first or when the view went
+// stale (see devWatch.stale).
+func (n *Node) Live(ctx context.Context) error {
+	done := make(chan struct{})
+	select {
+	case n.ping <- done:
+	case <-ctx.Done():
+		return fmt.Errorf("node: loop did not answer: %w", ctx.Err())
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("node: loop did not answer: %w", ctx.Err())
+	}
+	if why := n.view.stale(); why != "" {
+		return errors.New("node: " + why)
+	}
+	return nil
+}
+
+// Run keeps the node current until ctx ends. It returns an error only when
+// it cannot start at all (no way to watch the node); a bad device or a
+// failed spec write is logged and retried, never fatal. On return the spec
+// is left in place for running containers.
+func (n *Node) Run(ctx context.Context) error {
+	log := n.cfg.Logger
+	if k, err := spec.CleanTemp(n.cfg.CDISpecDir); err != nil {
+		log.Warn("cleaning leftover temporary specs", "dir", n.cfg.CDISpecDir, "err", err)
+	} else if k > 0 {
+		log.Info("removed leftover temporary specs", "dir", n.cfg.CDISpecDir, "count", k)
+	}
+	n.removeOtherEncoding()
+
+	w, err := newDevWatch(n.cfg.Scanner.DevRoot(), log)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+
+	n.rescan(ctx)
+
+	var resync <-chan time.Time
+	if n.cfg.ResyncPeriod > 0 {
+		t := time.NewTicker(n.cfg.ResyncPeriod)
+		defer t.Stop()
+		resync = t.C
+	}
+	var (
+		debounce = time.NewTimer(time.Hour)
+		first    time.Time // first event of the burst being collected
+	)
+	debounce.Stop()
+	defer debounce.Stop()
+	// collect waits for the rest of a burst: each event restarts the quiet
+	// period, but no burst holds the rescan back longer than maxCoalesce.
+	collect := func() {
+		now := time.Now()
+		if first.IsZero() {
+			first = now
+		}
+		debounce.Reset(min(n.cfg.Debounce, max(0, maxCoalesce-now.Sub(first))))
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case done := <-n.ping:
+			close(done)
+		case ev, ok := <-w.events():
+			if !ok {
+				return errors.New("watching /dev/dri: watcher closed")
+			}
+			if w.handle(ev) {
+				collect()
+			}
+		case err, ok := <-w.errors():
+			if !ok {
+				return errors.New("watching /dev/dri: watcher closed")
+			}
+			// An overflow loses events: rescan to catch up.
+			log.Warn("file watcher error; rescanning", "err", err)
+			collect()
+		case <-debounce.C:
+			first = time.Time{}
+			n.rescan(ctx)
+		case <-resync:
+			n.rescan(ctx)
+		case <-n.retry.After():
+			n.rescan(ctx)
+		}
+	}
+}
+
+// rescan reads the node and moves the spec and the subscribers to it, in
+// the order that never advertises a GPU without its spec on disk: first
+// the spec with the old and new GPUs, then the subscribers, then the spec
+// with only the new GPUs.
+func (n *Node) rescan(ctx context.Context) {
+	log, obs := n.cfg.Logger, n.cfg.Observer
+	start := time.Now()
+	res, err := n.cfg.Scanner.Scan()
+	if err != nil {
+		obs.Rescan(time.Since(start), err)
+		log.Error("scanning GPUs", "err", err)
+		n.retry.Failed()
+		return
+	}
+	for _, s := range res.Skipped {
+		log.Warn("skipped DRM card", "card", s.Name, "reason", s.Reason)
+	}
+	prev := n.snap.Load()
+	next := build(res.Devices, prev, &n.cfg, n.pciGone, n.cfg.Builder.QualifiedName)
+	if prev.Generation > 0 && sameGPUs(prev, next) && n.specCurrent() && !n.retry.Pending() {
+		obs.Rescan(time.Since(start), nil)
+		return
+	}
+
+	both, only := union(next, prev), next.specDevices()
+	wroteUnion, err := n.writeSpec(both)
+	if err != nil {
+		obs.Rescan(time.Since(start), err)
+		log.Error("writing CDI spec; keeping the previous snapshot", "path", n.specPath, "err", err)
+		n.retry.Failed()
+		return
+	}
+	n.snap.Store(next)
+	failed := n.publish(ctx, next)
+	// union holds next's GPUs and those leaving; with none leaving the
+	// spec is already exactly next's, and building it again is waste.
+	wroteTrim := false
+	if len(both) != len(only) {
+		wroteTrim, err = n.writeSpec(only)
+	}
+	switch {
+	case err != nil:
+		// The spec on disk still holds every advertised GPU; only GPUs
+		// that just left linger in it until the retry.
+		log.Error("trimming CDI spec", "path", n.specPath, "err", err)
+		n.retry.Failed()
+	case failed:
+		n.retry.Failed()
+	default:
+		n.retry.Reset()
+		n.ready.Store(true)
+	}
+	obs.Rescan(time.Since(start), err)
+	if wroteUnion || wroteTrim {
+		// Writing a spec reads it back through the CDI library, whose
+		// parser makes garbage in proportion to the node. Nothing else
+		// allocates on an idle node, so no collection would come for
+		// minutes and the process would keep that memory: return it now.
+		// Specs change only when GPUs do.
+		debug.FreeOSMemory()
+	}
+}
+
+// publish hands the snapshot to every subscriber and reports whether one
+// of them failed.
+func (n *Node) publish(ctx context.Context, s *Snapshot) bool {
+	n.mu.Lock()
+	subs := append([]Subscriber(nil), n.subs...)
+	n.mu.Unlock()
+	failed := false
+	for _, sub := range subs {
+		if err := sub.Update(ctx, s); err != nil {
+			n.cfg.Logger.Error("a subscriber could not take the new GPU state; retrying", "subscriber", fmt.Sprintf("%T", sub), "err", err)
+			failed = true
+		}
+	}
+	return failed
+}
+
+// pciGone reports whether a PCI function left the bus.
+func (n *Node) pciGone(pci string) bool {
+	_, err := os.Stat(filepath.Join(n.cfg.Scanner.SysfsRoot(), "bus", "pci", "devices", pci))
+	return errors.Is(err, fs.ErrNotExist)
+}
+
+// specCurrent reports whether the spec we last wrote is still on disk (a
+// reboot empties /var/run/cdi; an admin may remove the file).
+func (n *Node) specCurrent() bool {
+	if n.written == nil {
+		return true
+	}
+	_, err := os.Stat(n.specPath)
+	return err == nil
+}
+
+// writeSpec makes the spec on disk hold exactly devs, writing only when
+// that changes what is there, and reports whether it wrote. With no device
+// the spec is removed: a CDI spec must have one.
+func (n *Node) writeSpec(devs []discovery.Device) (bool, error) {
+	obs := n.cfg.Observer
+	if len(devs) == 0 {
+		removed, err := spec.RemoveStale(n.specPath, n.cfg.Builder.Kind())
+		if err != nil {
+			obs.SpecWrite(err)
+			return false, err
+		}
+		n.written = nil
+		return removed, nil
+	}
+	s, err := n.cfg.Builder.Build(devs)
+	if err != nil {
+		return false, err
+	}
+	data, err := spec.Marshal(s, spec.FormatJSON)
+	if err != nil {
+		return false, err
+	}
+	if bytes.Equal(data, n.written) {
+		if _, err := os.Stat(n.specPath); err == nil {
+			return false, nil
+		}
+	}
+	err = spec.WriteEncoded(n.specPath, data)
+	obs.SpecWrite(err)
+	if err != nil {
+		return false, err
+	}
+	n.written = data
+	return true, nil
+}
+
+// removeOtherEncoding removes our own spec written under the other
+// extension (by an older run or by `generate`): two files with the same
+// device names make runtimes drop those devices.
+func (n *Node) removeOtherEncoding() {
+	other := filepath.Join(n.cfg.CDISpecDir, n.cfg.Builder.FileName()+".yaml")
+	removed, err := spec.RemoveStale(other, n.cfg.Builder.Kind())
+	switch {
+	case err != nil:
+		n.cfg.Logger.Warn("a spec of another owner may conflict with ours", "path", other, "err", err)
+	case removed:
+		n.cfg.Logger.Info("removed our spec in the other encoding", "path", other)
+	}
+}
