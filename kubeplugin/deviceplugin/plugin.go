@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -62,9 +64,13 @@ func (p *Plugin) Update(ctx context.Context, s *node.Snapshot) error {
 		return nil
 	}
 	p.last = inv
-	err := p.ensureServers(ctx, inv)
 	p.report(inv)
-	return err
+	if _, err := os.Stat(p.cfg.KubeletSocketDir); errors.Is(err, fs.ErrNotExist) {
+		// No kubelet yet: Run serves and registers when it makes its
+		// directory.
+		return nil
+	}
+	return p.ensureServers(ctx, inv)
 }
 
 // Ready reports whether the plugin has had a snapshot and every resource

@@ -75,6 +75,10 @@ func (n *Node) addConnectors(devDir, card string, connectors []string) error {
 // createDevNodes (re)creates the /dev/dri entries of f's minors and their by-path links.
 func (n *Node) createDevNodes(f *fn) error {
 	dri := filepath.Join(n.Dev, "dri")
+	// devtmpfs creates dri with the first node (and removes it with the last).
+	if err := os.MkdirAll(dri, 0o755); err != nil {
+		return err
+	}
 	for _, m := range f.minors {
 		path := filepath.Join(dri, m.name)
 		if err := removeIfExists(path); err != nil {

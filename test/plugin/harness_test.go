@@ -50,7 +50,7 @@ func startRigOn(t testing.TB, node *fakenode.Node, opts ...plugintest.Option) *r
 
 	r := &rig{t: t, node: node, kubelet: k, specDir: specDir(t)}
 	all := append([]plugintest.Option{
-		plugintest.WithScanner(discovery.New(discovery.WithSysfsRoot(node.Sys), discovery.WithDevRoot(node.Dev))),
+		plugintest.WithScanner(scannerOf(node)),
 		plugintest.WithKubeletSocketDir(sockDir),
 		plugintest.WithCDISpecDir(r.specDir),
 	}, opts...)
@@ -141,4 +141,16 @@ func shortTempDir(t testing.TB) string {
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// scannerOf reads a fake node.
+func scannerOf(n *fakenode.Node) *discovery.Scanner {
+	return discovery.New(discovery.WithSysfsRoot(n.Sys), discovery.WithDevRoot(n.Dev))
+}
+
+// ctxWithin returns a context that ends after d or with the test.
+func ctxWithin(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
 }

@@ -1,7 +1,6 @@
 package plugin_test
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -187,28 +186,6 @@ func TestANotReadyGPUTurnsUnhealthyAndRecoversWithoutLeavingTheList(t *testing.T
 	})
 }
 
-func TestHotplugAddsTheSpecBeforeTheListAndRemovesTheListBeforeTheSpec(t *testing.T) {
-	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
-	_, c := r.registered(deviceplugin.ResourceI915, 1)
-	ch := r.watch(c)
-	r.nextList(ch, "the iGPU", func(l []*pluginapi.Device) bool { return len(l) == 1 })
-
-	const added = "0000:0a:00.0"
-	r.node.MustAddGPU(t, fakenode.GPU{Card: 1, PCI: added, Device: "0x56a0"})
-	r.nextList(ch, "the added GPU", func(l []*pluginapi.Device) bool { return len(l) == 2 })
-	spec, err := cdiapi.ReadSpec(r.plugin.SpecPath(), 0)
-	require.NoError(t, err)
-	assert.NotNil(t, spec.GetDevice(added), "the spec holds a GPU by the time it is listed")
-	assert.NotNil(t, spec.GetDevice("card1"))
-
-	require.NoError(t, r.node.RemoveGPU(added))
-	r.nextList(ch, "the GPU gone", func(l []*pluginapi.Device) bool { return len(l) == 1 })
-	require.Eventually(t, func() bool {
-		spec, err := cdiapi.ReadSpec(r.plugin.SpecPath(), 0)
-		return err == nil && spec.GetDevice(added) == nil
-	}, waitFor, 5e6, "the removed GPU leaves the spec")
-}
-
 func TestAResourceAppearsWhenItsFirstGPUIsPluggedIn(t *testing.T) {
 	r := startRig(t, []func(*fakenode.Node) error{fakenode.IGPU})
 	r.registered(deviceplugin.ResourceI915, 1)
@@ -360,36 +337,6 @@ func TestPreferredAllocationUnderEachPolicy(t *testing.T) {
 				assert.Equal(t, codes.InvalidArgument, status.Code(err))
 			})
 		})
-	}
-}
-
-func TestAllocateFromManyGoroutinesWhileGPUsComeAndGo(t *testing.T) {
-	r := startRig(t, demo)
-	_, c := r.registered(deviceplugin.ResourceI915, 1)
-	ctx, cancel := context.WithCancel(r.ctx())
-	defer cancel()
-
-	errs := make(chan error, 16)
-	for range 16 {
-		go func() {
-			for ctx.Err() == nil {
-				resp, err := allocate(ctx, c, []string{"0000:00:02.0"})
-				if err == nil && !slices.Equal(cdiNames(resp.ContainerResponses[0]), []string{"intel.com/gpu=0000:00:02.0"}) {
-					errs <- assert.AnError
-					return
-				}
-			}
-			errs <- nil
-		}()
-	}
-	for range 5 {
-		require.NoError(t, r.node.RemoveDevNodes("0000:03:00.0"))
-		require.NoError(t, r.node.AddDevNodes("0000:03:00.0"))
-		require.NoError(t, r.kubelet.Restart())
-	}
-	cancel()
-	for range 16 {
-		assert.NoError(t, <-errs, "every answer is the right GPU or an error")
 	}
 }
 

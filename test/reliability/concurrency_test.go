@@ -148,6 +148,11 @@ func TestAllocateFromSixteenGoroutinesWhileGPUsComeAndGoAndTheKubeletRestarts(t 
 			t.Errorf("goroutine %d got no allocation through", g)
 		}
 	}
+	// The churn must have been seen: while the flaky and hot-plugged GPUs
+	// were gone, requests for them were refused.
+	if counts.refused.Load() == 0 {
+		t.Error("no request was refused: the allocations never saw a GPU gone")
+	}
 	t.Logf("%s of churn (%d steps, %d kubelet restarts): %d allocations, %d clear refusals, %d Unavailable while a socket was replaced",
 		elapsed.Round(time.Millisecond), churnSteps, restarts, counts.ok.Load(), counts.refused.Load(), counts.transport.Load())
 
