@@ -116,6 +116,9 @@ func (p *Plugin) Run(ctx context.Context) error {
 
 	restarts := retry.New(wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Cap: 30 * time.Second})
 	defer restarts.Reset()
+	// The kubelet may have made its directory between an Update that
+	// found none and the watches above.
+	p.retryServers(ctx, restarts)
 	for {
 		select {
 		case <-ctx.Done():

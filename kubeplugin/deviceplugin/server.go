@@ -139,7 +139,8 @@ const registerTimeout = 5 * time.Second
 func (s *server) registerLoop(ctx context.Context) {
 	err := retry.Until(ctx, registerBackoff, func() error {
 		err := s.register(ctx)
-		if ctx.Err() == nil {
+		// An attempt cut short by stop is no failure of the kubelet's.
+		if err == nil || ctx.Err() == nil {
 			s.cfg.Observer.Registration(s.resource, err)
 		}
 		return err

@@ -185,6 +185,9 @@ func TestMetricsCountAllocationsRegistrationsRestartsAndRescans(t *testing.T) {
 	_, err = allocate(r.ctx(), c, []string{"0000:99:00.0"})
 	require.Error(t, err, "an unknown ID fails")
 
+	// The kubelet may accept a registration a moment before the plugin
+	// hears back: restart only once the plugin knows of both.
+	assertMetrics(t, url, registeredOK(deviceplugin.ResourceI915, 1), registeredOK(deviceplugin.ResourceXe, 1))
 	require.NoError(t, r.kubelet.Restart())
 	r.registered(deviceplugin.ResourceI915, 2)
 	r.registered(deviceplugin.ResourceXe, 2)
