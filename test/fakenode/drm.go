@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // minor is one DRM minor (cardN, renderDM, controlDK).
@@ -73,7 +74,7 @@ func (n *Node) addConnectors(devDir, card string, connectors []string) error {
 }
 
 // createDevNodes (re)creates the /dev/dri entries of f's minors and their by-path links.
-func (n *Node) createDevNodes(f *fn) error {
+func (n *Node) createDevNodes(f *fn, byPathAfter time.Duration) error {
 	dri := filepath.Join(n.Dev, "dri")
 	// devtmpfs creates dri with the first node (and removes it with the last).
 	if err := os.MkdirAll(dri, 0o755); err != nil {
@@ -94,7 +95,14 @@ func (n *Node) createDevNodes(f *fn) error {
 				return err
 			}
 		}
-		if f.byPath == "" || m.kind == "control" {
+	}
+	if f.byPath == "" {
+		return nil
+	}
+	// udev adds the links after the kernel made the nodes.
+	time.Sleep(byPathAfter)
+	for _, m := range f.minors {
+		if m.kind == "control" {
 			continue
 		}
 		byPath := filepath.Join(dri, "by-path")
@@ -173,7 +181,7 @@ func (n *Node) addSimpleDRM(card int) error {
 	if err := n.addMinors(f.dir, f.minors, true); err != nil {
 		return err
 	}
-	if err := n.createDevNodes(f); err != nil {
+	if err := n.createDevNodes(f, 0); err != nil {
 		return err
 	}
 	n.simpleDRM++
@@ -196,7 +204,7 @@ func (n *Node) AddControlNode(minorNum int) error {
 	if err := n.addMinors(f.dir, f.minors, false); err != nil {
 		return fmt.Errorf("fakenode: add %s: %w", m.name, err)
 	}
-	if err := n.createDevNodes(f); err != nil {
+	if err := n.createDevNodes(f, 0); err != nil {
 		return fmt.Errorf("fakenode: add %s: %w", m.name, err)
 	}
 	return nil

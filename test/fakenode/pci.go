@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // GPU describes one PCI display function to add. Zero values mean the documented defaults.
@@ -240,7 +241,7 @@ func (n *Node) addGPU(g GPU) error {
 			return err
 		}
 		if !g.NoDevNodes {
-			if err := n.createDevNodes(f); err != nil {
+			if err := n.createDevNodes(f, 0); err != nil {
 				return err
 			}
 		}
@@ -399,9 +400,24 @@ func (n *Node) RemoveDevNodes(pci string) error {
 	return nil
 }
 
+// DevNodesOption changes how AddDevNodes makes the nodes.
+type DevNodesOption func(*devNodesOptions)
+
+type devNodesOptions struct{ byPathAfter time.Duration }
+
+// WithByPathAfter makes the by-path links d after the nodes, as udev adds
+// them a moment after the kernel made the nodes.
+func WithByPathAfter(d time.Duration) DevNodesOption {
+	return func(o *devNodesOptions) { o.byPathAfter = d }
+}
+
 // AddDevNodes creates the /dev/dri nodes (and, unless the GPU has NoByPath, the by-path links) of the
 // GPU at pci, replacing any that exist. It works for a GPU added with NoDevNodes too.
-func (n *Node) AddDevNodes(pci string) error {
+func (n *Node) AddDevNodes(pci string, opts ...DevNodesOption) error {
+	var o devNodesOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	f, ok := n.gpus[pci]
@@ -411,7 +427,7 @@ func (n *Node) AddDevNodes(pci string) error {
 	if len(f.minors) == 0 {
 		return fmt.Errorf("fakenode: add dev nodes of %s: an unbound function has no DRM minors", pci)
 	}
-	if err := n.createDevNodes(f); err != nil {
+	if err := n.createDevNodes(f, o.byPathAfter); err != nil {
 		return fmt.Errorf("fakenode: add dev nodes of %s: %w", pci, err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,7 +12,9 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
 )
 
 // reportLatencies adds p50 and p99 of the samples to the benchmark output.
@@ -48,34 +51,82 @@ func BenchmarkAllocate(b *testing.B) {
 	reportLatencies(b, samples, "µs", time.Microsecond)
 }
 
-// BenchmarkHotplugToListAndWatch is the time from a GPU being complete on
-// the node (sysfs entries written, then its /dev/dri nodes, as udev does)
-// to the kubelet's stream carrying it. Building the fake GPU (milliseconds
-// of file creation here) and the removal that resets each round are not
-// timed.
-func BenchmarkHotplugToListAndWatch(b *testing.B) {
-	r := startRig(b, []func(*fakenode.Node) error{fakenode.IGPU})
-	_, c := r.registered(deviceplugin.ResourceI915, 1)
-	ch := r.watch(c)
-	r.nextList(ch, "the iGPU", func(l []*pluginapi.Device) bool { return len(l) == 1 })
-	const pci = "0000:0a:00.0"
-	samples := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for range b.N {
-		b.StopTimer()
-		r.node.MustAddGPU(b, fakenode.GPU{Card: 1, PCI: pci, Device: "0x56a0"})
-		start := time.Now()
-		b.StartTimer()
-		r.nextList(ch, "the added GPU", func(l []*pluginapi.Device) bool { return len(l) == 2 })
-		samples = append(samples, time.Since(start))
+// rescans counts the node's rescans; it is the only observer of the
+// hotplug benchmark.
+type rescans struct {
+	nopObserver
+	n atomic.Int64
+}
 
-		b.StopTimer()
-		require.NoError(b, r.node.RemoveGPU(pci))
-		r.nextList(ch, "the GPU gone", func(l []*pluginapi.Device) bool { return len(l) == 1 })
-		b.StartTimer()
+func (r *rescans) Rescan(time.Duration, error) { r.n.Add(1) }
+
+type nopObserver struct{}
+
+func (nopObserver) SpecWrite(error)             {}
+func (nopObserver) Rescan(time.Duration, error) {}
+func (nopObserver) Devices(string, int, int)    {}
+func (nopObserver) Allocation(string, error)    {}
+func (nopObserver) Registration(string, error)  {}
+func (nopObserver) KubeletRestart()             {}
+
+// BenchmarkHotplugToListAndWatch is the time from a GPU's first /dev/dri
+// event to the kubelet's stream carrying it, and from its removal to the
+// stream dropping it, with the burst of events a hotplug makes: devtmpfs
+// creates the card and render nodes, and udev adds the by-path links a
+// moment later (udevGap). The sysfs entries are written before the timer
+// starts (the kernel makes them before the nodes; they make no event). It
+// also reports how many rescans each hotplug cost: the node collects a
+// burst for Debounce after its last event, so one burst is one rescan, and
+// links that come after the rescan are another.
+func BenchmarkHotplugToListAndWatch(b *testing.B) {
+	for _, udevGap := range []time.Duration{0, 3 * time.Millisecond} {
+		b.Run(fmt.Sprintf("udev-gap=%s", udevGap), func(b *testing.B) {
+			obs := &rescans{}
+			r := startRig(b, []func(*fakenode.Node) error{fakenode.IGPU}, plugintest.WithObserver(obs))
+			_, c := r.registered(deviceplugin.ResourceI915, 1)
+			ch := r.watch(c)
+			r.nextList(ch, "the iGPU", func(l []*pluginapi.Device) bool { return len(l) == 1 })
+			const pci = "0000:0a:00.0"
+			var adds, removes []time.Duration
+			var addRescans, removeRescans int64
+			// settle lets the last rescans of a step land before they are
+			// counted (untimed).
+			settle := func(from int64) int64 {
+				b.StopTimer()
+				time.Sleep(4 * node.DefaultDebounce)
+				n := obs.n.Load() - from
+				b.StartTimer()
+				return n
+			}
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				r.node.MustAddGPU(b, fakenode.GPU{Card: 1, PCI: pci, Device: "0x56a0", NoDevNodes: true})
+				before := obs.n.Load()
+				b.StartTimer()
+
+				start := time.Now()
+				require.NoError(b, r.node.AddDevNodes(pci, fakenode.WithByPathAfter(udevGap)))
+				r.nextList(ch, "the added GPU", func(l []*pluginapi.Device) bool {
+					return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy", pci + "/Healthy"})
+				})
+				adds = append(adds, time.Since(start))
+				addRescans += settle(before)
+
+				before = obs.n.Load()
+				start = time.Now()
+				require.NoError(b, r.node.RemoveGPU(pci))
+				r.nextList(ch, "the GPU gone", func(l []*pluginapi.Device) bool { return len(l) == 1 })
+				removes = append(removes, time.Since(start))
+				removeRescans += settle(before)
+			}
+			b.StopTimer()
+			reportLatencies(b, adds, "add-ms", time.Millisecond)
+			reportLatencies(b, removes, "remove-ms", time.Millisecond)
+			b.ReportMetric(float64(addRescans)/float64(b.N), "rescans/add")
+			b.ReportMetric(float64(removeRescans)/float64(b.N), "rescans/remove")
+		})
 	}
-	b.StopTimer()
-	reportLatencies(b, samples, "ms", time.Millisecond)
 }
 
 // BenchmarkStartToRegistered64 is the time from starting the plugin on a
