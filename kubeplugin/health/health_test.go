@@ -503,8 +503,8 @@ func TestWhatIsNotAKernelEventIsCountedAndDropped(t *testing.T) {
 	}
 	for _, msg := range [][]byte{
 		nil,
-		[]byte("change" + cardPath + "\x00WEDGED=rebind"),              // no '@'
-		[]byte("change@" + cardPath + "\x00WEDGED"),                    // no '='
+		[]byte("change" + cardPath + "\x00WEDGED=rebind"),               // no '@'
+		[]byte("change@" + cardPath + "\x00WEDGED"),                     // no '='
 		[]byte("change@" + cardPath + "/../card0\x00WEDGED=rebind\x00"), // climbs
 		[]byte(strings.Repeat("x", uevent.MaxMessage+1)),
 	} {
