@@ -423,3 +423,41 @@ func (n *Node) remakeMinor(devDir string, m minor) error {
 	}
 	return relSymlink(dir, filepath.Join(classDir, m.name))
 }
+
+// Telemetry is DiscreteXe with what the kernel shows of each GPU's health and sensors:
+//   - both GPUs: aer_dev_* files with no errors, a config header, power/runtime_status "active".
+//   - card0 (i915 iGPU, 0000:00:02.0): GT0 at cur 300, max 1300, act 300 MHz on the card
+//     (cardN/gt_*_freq_mhz and cardN/gt/gt0/rps_*_freq_mhz); no hwmon, as integrated i915 has none.
+//   - card1 (xe, 0000:03:00.0): hwmon "xe" with temp1 "pkg" 45500 m°C, temp2 "vram" 52000 m°C,
+//     energy1 "card" 123456789 µJ, energy2 "pkg" 100000000 µJ (xe shows no power*_input);
+//     GT0 at cur 1200, max 2400, act 1150 MHz and GT1 (media) at cur 800, max 1600, act 0 MHz
+//     below the function (tile0/gtK/freq0/*_freq).
+func Telemetry(n *Node) error {
+	if err := DiscreteXe(n); err != nil {
+		return fmt.Errorf("fixture Telemetry: %w", err)
+	}
+	const i915, xe = "0000:00:02.0", "0000:03:00.0"
+	steps := []func() error{
+		func() error { return n.SetGTFrequency(i915, GTFreq{GT: 0, Cur: 300, Max: 1300, Act: 300}) },
+		func() error { return n.SetGTFrequency(xe, GTFreq{GT: 0, Cur: 1200, Max: 2400, Act: 1150}) },
+		func() error { return n.SetGTFrequency(xe, GTFreq{GT: 1, Cur: 800, Max: 1600, Act: 0}) },
+		func() error {
+			_, err := n.AddHwmon(xe, Hwmon{Name: "xe",
+				Temps:    []Sensor{{Label: "pkg", Value: 45500}, {Label: "vram", Value: 52000}},
+				Energies: []Sensor{{Label: "card", Value: 123456789}, {Label: "pkg", Value: 100000000}}})
+			return err
+		},
+	}
+	for _, pci := range []string{i915, xe} {
+		steps = append(steps,
+			func() error { return n.SetAER(pci, AER{}) },
+			func() error { return n.WriteConfig(pci) },
+			func() error { return n.SetRuntimeStatus(pci, "active") })
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return fmt.Errorf("fixture Telemetry: %w", err)
+		}
+	}
+	return nil
+}
