@@ -24,8 +24,11 @@ const (
 	// kindTouched: something happened to the function or its card that a
 	// Check will see in sysfs (unbind, remove, an AER recovery start).
 	kindTouched
-	// kindRecovery: change on the function with ERROR_EVENT= (the PCIe
-	// error recovery result).
+	// kindRecovery: change on a PCI function with ERROR_EVENT= (the PCIe
+	// error recovery result). The kernel sends it for the function whose
+	// driver took part, or, when recovery failed for want of a driver that
+	// can recover (i915), for the bridge above: it concerns every GPU at or
+	// below DEVPATH.
 	kindRecovery
 	// kindCoredump: add of a devcdN.
 	kindCoredump
@@ -48,6 +51,17 @@ type change struct {
 	task    string
 	// dump is the devcdN of a coredump event.
 	dump string
+	// devpath is the event's DEVPATH, for events about a subtree.
+	devpath string
+	// below are the tracked GPUs at or below devpath, found in sysfs
+	// after classification.
+	below []target
+}
+
+// target is a GPU an event concerns, with the binding sysfs showed.
+type target struct {
+	pci string
+	b   binding
 }
 
 // classify says what an event means, from the event alone. Cards are
@@ -87,7 +101,7 @@ func classify(ev *uevent.Event) change {
 			c.kind = kindTouched
 		case "change":
 			if v, ok := ev.Get("ERROR_EVENT"); ok {
-				c.kind, c.value = kindRecovery, v
+				c.kind, c.value, c.devpath = kindRecovery, v, ev.DevPath
 			}
 		}
 		return c

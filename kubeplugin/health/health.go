@@ -23,8 +23,12 @@
 //
 // Thresholds (see Thresholds and DefaultThresholds): a correctable PCIe
 // error never counts — the link corrected it. A fatal one does: the link
-// was reset under the driver, and neither i915 nor xe can resume from
-// that, so the GPU is out until a rebind. A non-fatal one lost a single
+// was reset under the driver, and unless the kernel then reports a
+// successful recovery (ERROR_EVENT=SUCCESSFUL_RECOVERY, from drivers with
+// PCI error handlers, which i915 lacks), the GPU is out until a rebind;
+// the kernel's FAILED_RECOVERY, on the GPU or on a bridge above it, takes
+// it out the same way even when the GPU's own counters did not move (a
+// surprise link-down is counted by the port). A non-fatal one lost a single
 // transaction on a working link; the driver, which sees the consequences,
 // wedges the GPU when it cannot go on, so non-fatal errors are counted and
 // reported but do not take a GPU out unless configured to. A hang is
@@ -38,6 +42,7 @@ import (
 	"log/slog"
 	"math/bits"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -290,10 +295,7 @@ func (m *Monitor) handle(msg []byte) {
 			return
 		}
 	case kindRecovery:
-		if b.fn = inode(FunctionDir(m.cfg.root, c.pci)); b.fn == 0 {
-			m.count(func(s *Stats) { s.Received++; s.Dropped++ })
-			return
-		}
+		c.below = m.below(c.devpath)
 	case kindCoredump:
 		c.pci = failingFunction(m.cfg.root, c.dump)
 	}
@@ -305,6 +307,32 @@ func (m *Monitor) handle(msg []byte) {
 	if notify {
 		m.notify()
 	}
+}
+
+// below returns the tracked GPUs whose function is devpath or below it,
+// read from sysfs without the lock held.
+func (m *Monitor) below(devpath string) []target {
+	m.mu.Lock()
+	pcis := make([]string, 0, len(m.gpus))
+	for pci := range m.gpus {
+		pcis = append(pcis, pci)
+	}
+	m.mu.Unlock()
+	top, err := filepath.EvalSymlinks(filepath.Join(m.cfg.root, devpath))
+	if err != nil {
+		return nil
+	}
+	var out []target
+	for _, pci := range pcis {
+		dir, err := filepath.EvalSymlinks(FunctionDir(m.cfg.root, pci))
+		if err != nil {
+			continue
+		}
+		if dir == top || strings.HasPrefix(dir, top+string(filepath.Separator)) {
+			out = append(out, target{pci: pci, b: binding{fn: inode(dir)}})
+		}
+	}
+	return out
 }
 
 // wanted reports whether the sources that are on care about a kind.
@@ -369,20 +397,22 @@ func (m *Monitor) apply(c change, b binding) bool {
 		delete(m.dumps, c.dump)
 		return false
 	case kindRecovery:
-		switch c.value {
-		case "FAILED_RECOVERY":
-			st := m.stateFor(c.pci, b)
+		for _, t := range c.below {
+			st := m.stateFor(t.pci, t.b)
 			if st == nil {
-				return false
+				continue
 			}
-			st.recoveryFailed = true
-			m.log.Warn("PCIe error recovery failed", "pci", c.pci)
-		case "SUCCESSFUL_RECOVERY":
-			if st := m.gpus[c.pci]; st != nil {
+			switch c.value {
+			case "FAILED_RECOVERY":
+				st.recoveryFailed = true
+				m.log.Warn("PCIe error recovery failed", "pci", t.pci, "reported on", c.pci)
+			case "SUCCESSFUL_RECOVERY":
+				// The device is back: errors counted so far are its past.
 				st.recoveryFailed = false
+				st.hasAERBase = false
 			}
 		}
-		return true
+		return len(c.below) > 0
 	case kindBound:
 		if st := m.gpus[c.pci]; st != nil {
 			if st.wedged != nil || st.recoveryFailed {

@@ -303,6 +303,32 @@ func TestPCIeErrors(t *testing.T) {
 		r.feed.send(t, r.must(r.n.FunctionEvent(xe, "bind")), nil)
 		wantHealthy(t, r.status(t, xe))
 	})
+	t.Run("a failed recovery reported on the bridge above takes out the GPUs below it", func(t *testing.T) {
+		r := newRig(t, discreteXe)
+		wantHealthy(t, r.status(t, xe))
+		// i915 and older xe have no PCI error handlers: the kernel gives up
+		// and says so on the port it reset, not on the GPU.
+		bridge := "/devices/pci0000:00/0000:00:01.0/0000:01:00.0/0000:02:01.0"
+		r.feed.send(t, fakenode.Uevent("change", bridge, "pci", 1, "ERROR_EVENT=FAILED_RECOVERY", "DEVICE_ONLINE=0"), nil)
+		wantUnhealthy(t, r.status(t, xe), health.ReasonAERRecoveryFailed)
+		wantHealthy(t, r.status(t, igpu))
+		r.feed.send(t, r.must(r.n.FunctionEvent(xe, "bind")), nil)
+		wantHealthy(t, r.status(t, xe))
+	})
+	t.Run("a successful recovery after a fatal error brings the GPU back", func(t *testing.T) {
+		// A driver with PCI error handlers (recent xe) recovers the device
+		// itself, and the kernel says so.
+		r := newRig(t, discreteXe)
+		setAER(t, r, fakenode.AER{})
+		wantHealthy(t, r.status(t, xe))
+		setAER(t, r, fakenode.AER{Fatal: 1})
+		r.feed.send(t, r.must(r.n.FunctionEvent(xe, "change", "ERROR_EVENT=BEGIN_RECOVERY", "DEVICE_ONLINE=0")), nil)
+		wantUnhealthy(t, r.status(t, xe), health.ReasonAERFatal)
+		r.feed.send(t, r.must(r.n.FunctionEvent(xe, "change", "ERROR_EVENT=SUCCESSFUL_RECOVERY", "DEVICE_ONLINE=1")), nil)
+		wantHealthy(t, r.status(t, xe))
+		setAER(t, r, fakenode.AER{Fatal: 2})
+		wantUnhealthy(t, r.status(t, xe), health.ReasonAERFatal)
+	})
 	t.Run("a malformed counter file is ignored, not fatal", func(t *testing.T) {
 		r := newRig(t, discreteXe)
 		setAER(t, r, fakenode.AER{})
