@@ -23,7 +23,6 @@ func (m *Monitor) Check(devs []discovery.Device) []Status {
 	}
 
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if dumps != nil {
 		m.mergeCoredumps(dumps)
 	}
@@ -38,6 +37,9 @@ func (m *Monitor) Check(devs []discovery.Device) []Status {
 			delete(m.gpus, pci)
 		}
 	}
+	snap := m.snapshotState()
+	m.mu.Unlock()
+	m.saveState(snap)
 	return out
 }
 

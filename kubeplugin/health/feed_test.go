@@ -116,19 +116,24 @@ func newRig(t *testing.T, fixtures []func(*fakenode.Node) error, opts ...health.
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
 	r := &rig{t: t, n: n, m: m, feed: f}
-	r.stop = func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run = %v", err)
-			}
-		case <-time.After(deadline):
-			t.Error("Run did not return after its context was cancelled")
-		}
-	}
+	var once sync.Once
+	r.stop = func() { once.Do(func() { stopRun(t, cancel, done) }) }
 	t.Cleanup(r.stop)
 	return r
+}
+
+// stopRun cancels a Run and waits for it.
+func stopRun(t *testing.T, cancel func(), done <-chan error) {
+	t.Helper()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	case <-time.After(deadline):
+		t.Error("Run did not return after its context was cancelled")
+	}
 }
 
 // devices scans the fake node as the plugin does.

@@ -55,10 +55,16 @@ type Monitor struct {
 	changed chan struct{}
 	running atomic.Bool
 
-	mu    sync.Mutex
-	gpus  map[string]*gpuState
-	dumps map[string]string // devcdN → PCI address it was counted for
-	stats Stats
+	mu      sync.Mutex
+	gpus    map[string]*gpuState
+	dumps   map[string]string // devcdN → PCI address it was counted for
+	stats   Stats
+	boot    string // the boot ID the state file is written for
+	snapSeq uint64 // numbers snapshots of the state
+
+	saveMu   sync.Mutex
+	saved    []byte // the state file as last written
+	savedSeq uint64
 }
 
 // ListenerState says whether the Monitor hears kernel uevents.
@@ -98,7 +104,8 @@ type Stats struct {
 	Dropped uint64
 }
 
-// New returns a Monitor; it reads nothing until Run or Check.
+// New returns a Monitor. It reads nothing but the state file (WithStateFile)
+// until Run or Check.
 func New(opts ...Option) (*Monitor, error) {
 	c := config{
 		root:       "/sys",
@@ -117,14 +124,19 @@ func New(opts ...Option) (*Monitor, error) {
 	if err := c.check(); err != nil {
 		return nil, err
 	}
-	return &Monitor{
+	m := &Monitor{
 		cfg:     c,
 		log:     c.log,
 		changed: make(chan struct{}, 1),
 		gpus:    make(map[string]*gpuState),
 		dumps:   make(map[string]string),
 		stats:   Stats{Listener: ListenerIdle},
-	}, nil
+	}
+	if c.stateFile != "" {
+		m.boot = bootID()
+		m.loadState()
+	}
+	return m, nil
 }
 
 // Sources returns the sources that are on.

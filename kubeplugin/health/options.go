@@ -125,6 +125,7 @@ type config struct {
 	open       func() (uevent.Conn, error)
 	openSet    bool
 	rcvbuf     int
+	stateFile  string
 }
 
 // WithSysfsRoot sets where sysfs is mounted (default /sys). Every file the
@@ -144,6 +145,15 @@ func WithThresholds(t Thresholds) Option { return func(c *config) { c.thresholds
 // WithReceiveBuffer sets the uevent socket's receive buffer in bytes
 // (default uevent.DefaultReceiveBuffer).
 func WithReceiveBuffer(n int) Option { return func(c *config) { c.rcvbuf = n } }
+
+// WithStateFile keeps what only the Monitor knows — wedges, failed PCIe
+// recoveries, the PCIe error counts each GPU's binding started from — in
+// path, so a restarted plugin still reports a wedged GPU (default: none,
+// state lives in memory). Put it on tmpfs, outside any CDI spec directory
+// (a runtime would read a .json there as a spec): /var/run/intel-gpu-cdi/
+// health.json. Entries for GPUs rebound while no Monitor ran, and a file
+// from an earlier boot, are ignored.
+func WithStateFile(path string) Option { return func(c *config) { c.stateFile = path } }
 
 // WithUeventConn replaces the kernel's netlink socket as the source of
 // uevents: open is called once by Run. Tests feed recorded or generated

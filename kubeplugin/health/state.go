@@ -83,8 +83,13 @@ func (m *Monitor) handle(msg []byte) {
 	m.mu.Lock()
 	m.stats.Received++
 	notify := m.apply(c, b)
+	var snap snapshot
+	if notify {
+		snap = m.snapshotState()
+	}
 	m.mu.Unlock()
 	if notify {
+		m.saveState(snap)
 		m.notify()
 	}
 }
