@@ -117,3 +117,36 @@ func BenchmarkIdleListener(b *testing.B) {
 	b.ReportMetric(used.Seconds()/elapsed.Seconds(), "cpu-s/s")
 	b.ReportMetric(float64(m.Stats().Received), "uevents")
 }
+
+// BenchmarkCheck is one resync of 64 GPUs that show AER counters and a
+// config header, and one pending devcoredump: the sysfs reads Check adds
+// to every rescan.
+func BenchmarkCheck(b *testing.B) {
+	n := fakenode.NewT(b, fakenode.WithMode(fakenode.HostDevices))
+	n.MustApply(b, func(n *fakenode.Node) error { return fakenode.Many(n, 64) })
+	for i := range 64 {
+		pci := fakenode.ManyPCI(i)
+		if err := n.SetAER(pci, fakenode.AER{Correctable: uint64(i)}); err != nil {
+			b.Fatal(err)
+		}
+		if err := n.WriteConfig(pci); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := n.AddCoredump(fakenode.ManyPCI(3)); err != nil {
+		b.Fatal(err)
+	}
+	devs := scan(b, n)
+	m, err := health.New(health.WithSysfsRoot(n.Sys))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, s := range m.Check(devs) {
+			if !s.Healthy {
+				b.Fatalf("%+v", s)
+			}
+		}
+	}
+}

@@ -191,7 +191,7 @@ func changed(m *health.Monitor) bool {
 var errNoNetlink = errors.New("binding NETLINK_KOBJECT_UEVENT socket to group 1: operation not permitted")
 
 // scan lists the fake node's GPUs as discovery sees them.
-func scan(t *testing.T, n *fakenode.Node) []discovery.Device {
+func scan(t testing.TB, n *fakenode.Node) []discovery.Device {
 	t.Helper()
 	res, err := discovery.New(discovery.WithSysfsRoot(n.Sys), discovery.WithDevRoot(n.Dev)).Scan()
 	if err != nil {

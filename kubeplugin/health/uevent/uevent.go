@@ -4,6 +4,13 @@
 // that netlink family, and any process of a network namespace that receives
 // them may listen there without privilege.
 //
+// Which namespaces receive them (TestWhichNetworkNamespacesReceiveKernelUevents
+// checks it on the running kernel): every network namespace owned by the
+// initial user namespace — the host's, and a pod's without hostNetwork —
+// and none owned by another user namespace (a pod with hostUsers: false, a
+// rootless container). Events of network devices go to their own namespace
+// only.
+//
 // A kernel message is an environment block: a header "ACTION@DEVPATH", a
 // NUL, then KEY=VALUE strings each ended by a NUL:
 //
