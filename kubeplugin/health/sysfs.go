@@ -180,6 +180,9 @@ type signals struct {
 // readSignals reads the sysfs signals of dev that the sources ask for.
 func (m *Monitor) readSignals(dev *discovery.Device) signals {
 	var s signals
+	if !discovery.IsPCIAddress(dev.PCIAddress) {
+		return s
+	}
 	fnDir := FunctionDir(m.cfg.root, dev.PCIAddress)
 	fnIno := inode(fnDir)
 	s.binding = binding{fn: fnIno}
