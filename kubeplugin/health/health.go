@@ -39,6 +39,7 @@ package health
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/bits"
 	"sync"
@@ -119,7 +120,15 @@ func New(opts ...Option) (*Monitor, error) {
 	}
 	if !c.openSet {
 		rcvbuf := c.rcvbuf
-		c.open = func() (uevent.Conn, error) { return uevent.Open(uevent.WithReceiveBuffer(rcvbuf)) }
+		c.open = func() (uevent.Conn, error) {
+			// A socket that can never hear the kernel would pass for a
+			// working listener; say so instead. When it cannot be told,
+			// listen anyway.
+			if sent, err := uevent.KernelSendsHere(); err == nil && !sent {
+				return nil, fmt.Errorf("not listening for uevents: %w (this process is in a user namespace other than the host's)", uevent.ErrNotSentHere)
+			}
+			return uevent.Open(uevent.WithReceiveBuffer(rcvbuf))
+		}
 	}
 	if err := c.check(); err != nil {
 		return nil, err

@@ -2,7 +2,10 @@ package health_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health/uevent"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
@@ -180,4 +184,63 @@ func TestTheMachinesOwnPCIFunctionsReadHealthy(t *testing.T) {
 	}
 	// A function that is not there is gone.
 	wantUnhealthy(t, m.Status(&discovery.Device{PCIAddress: "ffff:ff:1f.7"}), health.ReasonGone)
+}
+
+// userNSEnv switches the test binary into the user-namespace helper.
+const userNSEnv = "HEALTH_USERNS_HELPER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(userNSEnv) == "1" {
+		os.Exit(userNSHelper())
+	}
+	os.Exit(m.Run())
+}
+
+// userNSHelper runs a Monitor with its default uevent socket and prints
+// what it reports about its listener.
+func userNSHelper() int {
+	m, err := health.New(health.WithSysfsRoot(os.TempDir()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// Run returns at once when it knows it cannot hear the kernel; the
+	// timeout only ends a Run that listens in vain.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := m.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	st := m.Stats()
+	fmt.Println(st.Listener, errors.Is(st.ListenerError, uevent.ErrNotSentHere))
+	return 0
+}
+
+func TestInAUserNamespaceTheMonitorSaysItCannotHearTheKernel(t *testing.T) {
+	// There the kernel sends no uevents (see the uevent package's netns
+	// test): a listening socket would hide that wedges go unnoticed.
+	requireRoot(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), userNSEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}},
+		Pdeathsig:   syscall.SIGKILL,
+	}
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		testenv.Unavailable(t, "cannot start a process in a new user namespace: %v", err)
+	}
+	timer := time.AfterFunc(deadline, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper: %v\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	if got := strings.TrimSpace(out); got != "unavailable true" {
+		t.Errorf("in a user namespace the Monitor reports %q, want \"unavailable true\"", got)
+	}
 }

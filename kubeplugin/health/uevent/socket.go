@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -141,3 +142,30 @@ func (s *Socket) Receive(buf []byte) (int, error) {
 // Close closes the socket and wakes a pending Receive, which then returns
 // an error.
 func (s *Socket) Close() error { return s.f.Close() }
+
+// uidMapFile is the calling process's user ID mapping.
+const uidMapFile = "/proc/self/uid_map"
+
+// ErrNotSentHere reports that the kernel does not send uevents to this
+// process's network namespace: a socket would open and never hear a thing.
+var ErrNotSentHere = errors.New("the kernel sends no uevents to this network namespace")
+
+// KernelSendsHere reports whether the kernel sends its uevents to the
+// caller's network namespace. It sends them to the namespaces owned by the
+// initial user namespace only, and a process in another user namespace (a
+// pod with hostUsers: false, a rootless container) is, short of setns
+// tricks, in a network namespace of that user namespace: the test is
+// whether the caller's user namespace is the initial one, whose uid_map is
+// the identity over every ID ("0 0 4294967295").
+func KernelSendsHere() (bool, error) {
+	b, err := os.ReadFile(uidMapFile)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", uidMapFile, err)
+	}
+	return isInitialUIDMap(string(b)), nil
+}
+
+func isInitialUIDMap(s string) bool {
+	f := strings.Fields(s)
+	return len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295"
+}

@@ -158,6 +158,17 @@ func TestSocketCloseWakesAPendingReceive(t *testing.T) {
 	}
 }
 
+func TestKernelSendsHereInTheInitialUserNamespace(t *testing.T) {
+	// The test process is in the initial user namespace on the CI machine
+	// (root, no container); the other case is checked in a child above.
+	if b, err := os.ReadFile("/proc/self/uid_map"); err != nil || strings.Join(strings.Fields(string(b)), " ") != "0 0 4294967295" {
+		testenv.Unavailable(t, "this test does not run in the initial user namespace (uid_map %q, %v)", b, err)
+	}
+	if ok, err := uevent.KernelSendsHere(); !ok || err != nil {
+		t.Errorf("KernelSendsHere() = %v, %v in the initial user namespace", ok, err)
+	}
+}
+
 func TestOpenRefusesANonPositiveBuffer(t *testing.T) {
 	if _, err := uevent.Open(uevent.WithReceiveBuffer(0)); err == nil || !strings.Contains(err.Error(), "receive buffer") {
 		t.Errorf("Open(WithReceiveBuffer(0)) = %v, want an error naming the receive buffer", err)
@@ -241,10 +252,11 @@ func runInNetns(t *testing.T, flags uintptr, maps bool) string {
 		return lines.Text()
 	}
 	line := next()
-	ns, ok := strings.CutPrefix(line, "ready ")
-	if !ok {
-		t.Fatalf("helper says %q, want ready\nstderr: %s", line, stderr.String())
+	fields := strings.Fields(line)
+	if len(fields) != 3 || fields[0] != "ready" {
+		t.Fatalf("helper says %q, want ready <netns> <sent-here>\nstderr: %s", line, stderr.String())
 	}
+	ns, sentHere := fields[1], fields[2]
 	// Proof that the helper did not stay in this test's namespace.
 	if own, err := os.Readlink("/proc/self/ns/net"); err != nil || own == ns {
 		t.Fatalf("helper's network namespace %s is this test's (%s, %v)", ns, own, err)
@@ -254,7 +266,12 @@ func runInNetns(t *testing.T, flags uintptr, maps bool) string {
 	if _, err := io.WriteString(stdin, uuid+"\n"); err != nil {
 		t.Fatal(err)
 	}
-	return next()
+	got := next()
+	// What KernelSendsHere predicts must be what happened.
+	if want := map[string]string{"true": "kernel", "false": "marker"}[sentHere]; got != want {
+		t.Errorf("KernelSendsHere() = %s in the helper, but it read %q first", sentHere, got)
+	}
+	return got
 }
 
 // netnsHelper runs in the new namespaces: it listens, says ready, waits
@@ -274,7 +291,11 @@ func netnsHelper() int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	fmt.Println("ready", ns)
+	sentHere, err := uevent.KernelSendsHere()
+	if err != nil {
+		return fail("%v", err)
+	}
+	fmt.Println("ready", ns, sentHere)
 	in := bufio.NewScanner(os.Stdin)
 	if !in.Scan() {
 		return fail("no UUID on stdin")
