@@ -90,6 +90,7 @@ type Node struct {
 	nextHost  int            // index into hosts of the next minor's target
 	gpus      map[string]*fn // PCI functions added with AddGPU, by address
 	simpleDRM int            // platform framebuffers added so far, to name the next one
+	health    healthState    // counters of health.go
 }
 
 // New creates Root/sys and Root/dev (with sys/class/drm and dev/dri) under root, creating root if

@@ -1,0 +1,154 @@
+package health_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health/uevent"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+)
+
+// restart builds a second Monitor on the rig's node and state file, as a
+// restarted plugin does; it does not listen.
+func restart(t *testing.T, r *rig, state string, logs *strings.Builder) *health.Monitor {
+	t.Helper()
+	opts := []health.Option{health.WithSysfsRoot(r.n.Sys), health.WithStateFile(state)}
+	if logs != nil {
+		opts = append(opts, health.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	}
+	m, err := health.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func checkOne(t *testing.T, m *health.Monitor, n *fakenode.Node, pci string) health.Status {
+	t.Helper()
+	for _, s := range m.Check(scan(t, n)) {
+		if s.PCIAddress == pci {
+			return s
+		}
+	}
+	t.Fatalf("%s not found", pci)
+	return health.Status{}
+}
+
+func TestAStateFileKeepsWhatOnlyTheMonitorKnowsAcrossARestart(t *testing.T) {
+	t.Run("a wedge, until the GPU is rebound while no Monitor runs", func(t *testing.T) {
+		state := filepath.Join(t.TempDir(), "run", "health.json")
+		r := newRig(t, discreteXe, health.WithStateFile(state))
+		wantHealthy(t, r.status(t, xe))
+		r.feed.send(t, r.must(r.n.WedgedEvent(xe, "rebind", "TASK=vkcube")), nil)
+		wantUnhealthy(t, r.status(t, xe), health.ReasonWedged)
+		r.stop()
+
+		s := checkOne(t, restart(t, r, state, nil), r.n, xe)
+		wantUnhealthy(t, s, health.ReasonWedged)
+		if !strings.Contains(s.Message, "vkcube") {
+			t.Errorf("message %q lost the task", s.Message)
+		}
+		wantHealthy(t, checkOne(t, restart(t, r, state, nil), r.n, igpu))
+
+		if err := r.n.RebindGPU(xe); err != nil {
+			t.Fatal(err)
+		}
+		m := restart(t, r, state, nil)
+		wantHealthy(t, checkOne(t, m, r.n, xe))
+		// And the file no longer holds the wedge.
+		wantHealthy(t, checkOne(t, restart(t, r, state, nil), r.n, xe))
+	})
+
+	t.Run("a fatal PCIe error, counted from the binding's first reading", func(t *testing.T) {
+		state := filepath.Join(t.TempDir(), "health.json")
+		r := newRig(t, discreteXe, health.WithStateFile(state))
+		if err := r.n.SetAER(xe, fakenode.AER{Fatal: 2}); err != nil {
+			t.Fatal(err)
+		}
+		wantHealthy(t, r.status(t, xe))
+		r.stop()
+		if err := r.n.SetAER(xe, fakenode.AER{Fatal: 3}); err != nil {
+			t.Fatal(err)
+		}
+		wantUnhealthy(t, checkOne(t, restart(t, r, state, nil), r.n, xe), health.ReasonAERFatal)
+	})
+}
+
+func TestABadStateFileNeverStopsTheMonitor(t *testing.T) {
+	r := newRig(t, discreteXe)
+	dir := t.TempDir()
+	cases := []struct {
+		name, content, says string
+	}{
+		{"malformed", "{not json", "malformed"},
+		{"another format", `{"version": 99, "gpus": {}}`, "malformed"},
+		{"from another boot", "", "another boot"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			state := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".json")
+			content := tc.content
+			if content == "" {
+				// A wedge recorded with the GPU's real binding, in a boot
+				// that is not this one.
+				src := filepath.Join(dir, "src.json")
+				feed := newFeed()
+				lm, err := health.New(health.WithSysfsRoot(r.n.Sys), health.WithStateFile(src),
+					health.WithUeventConn(func() (uevent.Conn, error) { return feed, nil }))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- lm.Run(ctx) }()
+				feed.send(t, r.must(r.n.WedgedEvent(xe, "rebind")), nil)
+				cancel()
+				<-done
+				var f map[string]any
+				b, err := os.ReadFile(src)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := json.Unmarshal(b, &f); err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(string(b), `"wedged"`) {
+					t.Fatalf("the source state holds no wedge:\n%s", b)
+				}
+				f["bootID"] = "00000000-0000-0000-0000-000000000000"
+				b, _ = json.Marshal(f)
+				content = string(b)
+			}
+			if err := os.WriteFile(state, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var logs strings.Builder
+			m := restart(t, r, state, &logs)
+			wantHealthy(t, checkOne(t, m, r.n, xe))
+			if !strings.Contains(logs.String(), tc.says) {
+				t.Errorf("logs do not say %q: %s", tc.says, logs.String())
+			}
+		})
+	}
+	t.Run("unwritable", func(t *testing.T) {
+		blocker := filepath.Join(dir, "file")
+		if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var logs strings.Builder
+		m := restart(t, r, filepath.Join(blocker, "health.json"), &logs)
+		if err := r.n.SetAER(xe, fakenode.AER{}); err != nil {
+			t.Fatal(err)
+		}
+		wantHealthy(t, checkOne(t, m, r.n, xe))
+		if !strings.Contains(logs.String(), "cannot write the health state file") {
+			t.Errorf("the failed write was not logged: %s", logs.String())
+		}
+	})
+}
