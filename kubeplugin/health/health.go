@@ -142,6 +142,9 @@ func New(opts ...Option) (*Monitor, error) {
 		stats:   Stats{Listener: ListenerIdle},
 	}
 	if c.stateFile != "" {
+		if err := checkStateFile(c.stateFile); err != nil {
+			return nil, err
+		}
 		m.boot = bootID()
 		m.loadState()
 	}

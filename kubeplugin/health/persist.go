@@ -53,6 +53,55 @@ func bootID() string {
 	return strings.TrimSpace(string(b))
 }
 
+// checkStateFile refuses a state file path that holds something this
+// package did not write: the Monitor replaces the file by renaming over
+// it, which would destroy a device node, a FIFO, a link's target's name or
+// someone's file. Absent, or a regular file with a state file's shape (of
+// any version or boot, which loadState then ignores), is fine.
+func checkStateFile(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("health state file %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("health state file %s is a %s, not a file this plugin wrote: refusing to replace it", path, fileKind(fi.Mode()))
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("health state file %s: %w", path, err)
+	}
+	var shape struct {
+		Version *int            `json:"version"`
+		GPUs    json.RawMessage `json:"gpus"`
+	}
+	if json.Unmarshal(b, &shape) != nil || shape.Version == nil || shape.GPUs == nil {
+		return fmt.Errorf("health state file %s holds something else than a health state file: refusing to replace it", path)
+	}
+	return nil
+}
+
+// fileKind names a file mode's type for a message.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "symbolic link"
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeCharDevice != 0:
+		return "char device"
+	case m&fs.ModeDevice != 0:
+		return "block device"
+	}
+	return "special file"
+}
+
 // loadState reads the state file into m.gpus. A missing file is no state;
 // a malformed one, or one from another boot, is logged and ignored, since
 // the plugin must start either way.
@@ -149,6 +198,10 @@ func (m *Monitor) saveState(s snapshot) {
 		return
 	}
 	path := m.cfg.stateFile
+	if err := checkStateFile(path); err != nil {
+		m.log.Warn("cannot write the health state file", "path", path, "err", err)
+		return
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		m.log.Warn("cannot write the health state file", "path", path, "err", err)
 		return

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
@@ -80,13 +81,12 @@ func TestAStateFileKeepsWhatOnlyTheMonitorKnowsAcrossARestart(t *testing.T) {
 	})
 }
 
-func TestABadStateFileNeverStopsTheMonitor(t *testing.T) {
+func TestAStaleStateFileIsIgnoredAndABadPathRefused(t *testing.T) {
 	r := newRig(t, discreteXe)
 	dir := t.TempDir()
 	cases := []struct {
 		name, content, says string
 	}{
-		{"malformed", "{not json", "malformed"},
 		{"another format", `{"version": 99, "gpus": {}}`, "malformed"},
 		{"from another boot", "", "another boot"},
 	}
@@ -136,19 +136,55 @@ func TestABadStateFileNeverStopsTheMonitor(t *testing.T) {
 			}
 		})
 	}
-	t.Run("unwritable", func(t *testing.T) {
+	t.Run("a path below a file", func(t *testing.T) {
 		blocker := filepath.Join(dir, "file")
 		if err := os.WriteFile(blocker, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		var logs strings.Builder
-		m := restart(t, r, filepath.Join(blocker, "health.json"), &logs)
-		if err := r.n.SetAER(xe, fakenode.AER{}); err != nil {
-			t.Fatal(err)
-		}
-		wantHealthy(t, checkOne(t, m, r.n, xe))
-		if !strings.Contains(logs.String(), "cannot write the health state file") {
-			t.Errorf("the failed write was not logged: %s", logs.String())
+		path := filepath.Join(blocker, "health.json")
+		_, err := health.New(health.WithSysfsRoot(r.n.Sys), health.WithStateFile(path))
+		if err == nil || !strings.Contains(err.Error(), path) {
+			t.Fatalf("New = %v, want an error naming %s: no state could ever be kept there", err, path)
 		}
 	})
+}
+
+// The Monitor replaces its state file by renaming over it: a path that
+// holds anything it did not write is refused at start, and left as it was.
+func TestAStateFilePathHoldingSomethingElseIsRefusedAndLeftAlone(t *testing.T) {
+	r := newRig(t, discreteXe)
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	if err := os.WriteFile(target, []byte("keep me"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, says string
+		make       func(path string) error
+	}{
+		{"a file that is not a state file", "holds something else", func(p string) error { return os.WriteFile(p, []byte("{not json"), 0o644) }},
+		{"a JSON file of someone else", "holds something else", func(p string) error { return os.WriteFile(p, []byte(`{"name": "x"}`), 0o644) }},
+		{"a directory", "is a directory", func(p string) error { return os.Mkdir(p, 0o755) }},
+		{"a FIFO", "is a FIFO", func(p string) error { return syscall.Mkfifo(p, 0o644) }},
+		{"a symbolic link", "is a symbolic link", func(p string) error { return os.Symlink(target, p) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+			if err := tc.make(path); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := os.Lstat(path)
+			_, err := health.New(health.WithSysfsRoot(r.n.Sys), health.WithStateFile(path))
+			if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("New = %v, want an error naming %s and saying %q", err, path, tc.says)
+			}
+			after, _ := os.Lstat(path)
+			if !os.SameFile(before, after) || before.Mode() != after.Mode() || before.Size() != after.Size() {
+				t.Error("the path was changed")
+			}
+		})
+	}
+	if b, _ := os.ReadFile(target); string(b) != "keep me" {
+		t.Errorf("the link's target was changed: %q", b)
+	}
 }

@@ -34,6 +34,10 @@ const (
 	ReasonAERNonfatal Reason = "aer-nonfatal"
 	// ReasonHangs: hangs reached Thresholds.Hangs.
 	ReasonHangs Reason = "hangs"
+	// ReasonNotReady: the GPU's /dev/dri nodes are missing or wrong, or no
+	// driver is bound to it. Discovery finds this, not the Monitor; the
+	// node model reports it in the same terms.
+	ReasonNotReady Reason = "not-ready"
 )
 
 // Reasons lists every reason, most severe first.

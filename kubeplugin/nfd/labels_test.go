@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
 )
 
@@ -34,9 +35,12 @@ func TestLabels(t *testing.T) {
 			want: nil,
 		},
 		{
-			name: "GPUs none of which is usable give no label",
+			name: "GPUs none of which is usable give only the unhealthy labels, so count selects no node",
 			devs: []discovery.Device{gpu("0000:03:00.0", "0x56a0", "i915", 0, notReady)},
-			want: nil,
+			want: []nfd.Label{
+				{"gpu.intel.com/unhealthy.count", "1"},
+				{"gpu.intel.com/unhealthy.reasons", "not-ready"},
+			},
 		},
 		{
 			name: "an integrated GPU with no NUMA node leaves numa-nodes out",
@@ -48,7 +52,7 @@ func TestLabels(t *testing.T) {
 			},
 		},
 		{
-			name: "a mixed node counts per device ID, lists both drivers and the known NUMA nodes, and skips the unusable GPU",
+			name: "a mixed node counts per device ID, lists both drivers and the known NUMA nodes, and counts the unusable GPU apart",
 			devs: []discovery.Device{
 				gpu("0000:00:02.0", "0x46a6", "i915", -1),
 				gpu("0000:03:00.0", "0x56a0", "i915", 1),
@@ -63,6 +67,8 @@ func TestLabels(t *testing.T) {
 				{"gpu.intel.com/device-id.0xe20b.count", "1"},
 				{"gpu.intel.com/drivers", "i915.xe"},
 				{"gpu.intel.com/numa-nodes", "0.1"},
+				{"gpu.intel.com/unhealthy.count", "1"},
+				{"gpu.intel.com/unhealthy.reasons", "not-ready"},
 			},
 		},
 		{
@@ -111,4 +117,24 @@ func TestRenderWritesOneNameValueALineAfterAComment(t *testing.T) {
 	assert.Equal(t, "# Intel GPU labels from intel-gpu-cdi. Rewritten whenever the node's GPUs change; do not edit.\n"+
 		"gpu.intel.com/count=1\n"+
 		"gpu.intel.com/drivers=xe\n", got)
+}
+
+func TestLabelsOfCountWhatTheKernelCallsUnwellApart(t *testing.T) {
+	got := nfd.LabelsOf([]nfd.GPU{
+		{Device: gpu("0000:00:02.0", "0x46a6", "i915", -1)},
+		{Device: gpu("0000:03:00.0", "0x56a0", "i915", 0), Unhealthy: health.ReasonWedged},
+		{Device: gpu("0000:05:00.0", "0x56a0", "i915", 0), Unhealthy: health.ReasonAERFatal},
+		{Device: gpu("0000:06:00.0", "0x56a0", "i915", 0, notReady)},
+		{Device: gpu("0000:07:00.0", "0x56c0", "i915", 0, func(d *discovery.Device) {
+			d.SRIOV = discovery.SRIOV{Role: discovery.RolePF, NumVFs: 2}
+			d.Reason = "physical function with 2 VFs enabled"
+		})},
+	})
+	assert.Equal(t, []nfd.Label{
+		{"gpu.intel.com/count", "1"},
+		{"gpu.intel.com/device-id.0x46a6.count", "1"},
+		{"gpu.intel.com/drivers", "i915"},
+		{"gpu.intel.com/unhealthy.count", "3"},
+		{"gpu.intel.com/unhealthy.reasons", "aer-fatal.not-ready.wedged"},
+	}, got, "a PF whose VFs are handed out is neither")
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/atomicfile"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 )
 
@@ -79,9 +80,11 @@ func (w *Writer) Path() string { return w.path }
 
 // Update sets the GPUs the file describes: the plugin's whole list, usable
 // or not (see Labels). It returns at once; Run writes.
-func (w *Writer) Update(devs []discovery.Device) {
+func (w *Writer) Update(devs []discovery.Device) { w.set(Labels(devs)) }
+
+func (w *Writer) set(labels []Label) {
 	var want []byte
-	if labels := Labels(devs); labels != nil {
+	if labels != nil {
 		want = Render(labels)
 	}
 	w.mu.Lock()
@@ -153,11 +156,18 @@ func (w *Writer) cleanTemp() {
 // not: subscribe it to the node.
 func (w *Writer) Subscriber() node.Subscriber {
 	return node.SubscriberFunc(func(_ context.Context, s *node.Snapshot) error {
-		devs := make([]discovery.Device, len(s.GPUs))
+		gpus := make([]GPU, len(s.GPUs))
 		for i, g := range s.GPUs {
-			devs[i] = g.Device
+			gpus[i] = GPU{Device: g.Device}
+			switch {
+			case g.Healthy:
+			case g.Health != nil:
+				gpus[i].Unhealthy = g.Health.Reason
+			default:
+				gpus[i].Unhealthy = health.ReasonNotReady
+			}
 		}
-		w.Update(devs)
+		w.set(LabelsOf(gpus))
 		return nil
 	})
 }

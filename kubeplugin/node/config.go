@@ -13,6 +13,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 )
 
 // Defaults.
@@ -51,6 +52,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Observer is told what the node does (metrics); may be nil.
 	Observer Observer
+	// Health, when set, says whether each GPU whose nodes are ready is
+	// also well (not wedged, no fatal PCIe error, still answering), and
+	// tells the node at once when that may have changed. May be nil: a GPU
+	// is then healthy when its nodes are ready.
+	Health HealthChecker
+}
+
+// HealthChecker is the node's source of GPU health (health.Monitor).
+type HealthChecker interface {
+	// Check returns the health of each device, in the order of devs.
+	Check(devs []discovery.Device) []health.Status
+	// Changed is signalled when a GPU's health may have changed.
+	Changed() <-chan struct{}
 }
 
 // DefaultConfig returns a Config with every default set.

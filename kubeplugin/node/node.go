@@ -17,6 +17,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/retry"
 )
 
@@ -154,6 +155,10 @@ func (n *Node) Run(ctx context.Context) error {
 		defer t.Stop()
 		resync = t.C
 	}
+	var healthChanged <-chan struct{}
+	if n.cfg.Health != nil {
+		healthChanged = n.cfg.Health.Changed()
+	}
 	var (
 		debounce = time.NewTimer(time.Hour)
 		first    time.Time // first event of the burst being collected
@@ -193,6 +198,9 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-debounce.C:
 			first = time.Time{}
 			n.rescan(ctx)
+		case <-healthChanged:
+			// The kernel spoke of a GPU: no burst to wait for.
+			n.rescan(ctx)
 		case <-resync:
 			n.rescan(ctx)
 		case <-n.retry.After():
@@ -218,8 +226,12 @@ func (n *Node) rescan(ctx context.Context) {
 	for _, s := range res.Skipped {
 		log.Warn("skipped DRM card", "card", s.Name, "reason", s.Reason)
 	}
+	var statuses []health.Status
+	if n.cfg.Health != nil {
+		statuses = n.cfg.Health.Check(res.Devices)
+	}
 	prev := n.snap.Load()
-	next := build(res.Devices, prev, &n.cfg, n.pciGone, n.cfg.Builder.QualifiedName)
+	next := build(res.Devices, statuses, prev, &n.cfg, n.pciGone, n.cfg.Builder.QualifiedName)
 	if prev.Generation > 0 && sameGPUs(prev, next) && n.specCurrent() && !n.retry.Pending() {
 		obs.Rescan(time.Since(start), nil)
 		return

@@ -7,6 +7,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 )
 
 // GPU is one GPU the node hands out, healthy or not.
@@ -17,10 +18,14 @@ type GPU struct {
 	// Driver is the kernel driver, i915 or xe. It outlives an unbind, so
 	// that a GPU without a driver stays under the name it was known by.
 	Driver string
-	// Healthy is true when the GPU can be injected now.
+	// Healthy is true when the GPU can be handed out: its nodes are ready
+	// and the kernel says nothing against it.
 	Healthy bool
 	// Reason says why the GPU is unhealthy; empty when it is healthy.
 	Reason string
+	// Health is what the node's health checker says of the GPU, counters
+	// included; nil without a checker, or for a GPU whose nodes are gone.
+	Health *health.Status
 	// CDIName is the GPU's fully qualified CDI name by PCI address, stable
 	// across reboots: intel.com/gpu=0000:03:00.0.
 	CDIName string
@@ -66,12 +71,14 @@ func (s *Snapshot) Healthy() []*GPU {
 	return out
 }
 
-// specDevices returns the devices that belong in the CDI spec: the healthy
-// GPUs. A GPU without its nodes cannot be injected anyway.
+// specDevices returns the devices that belong in the CDI spec: the GPUs
+// whose nodes are ready. A GPU the kernel calls unwell stays in the spec:
+// it is no longer handed out, but a container it was given before can
+// still be started with it; a GPU without its nodes cannot be injected.
 func (s *Snapshot) specDevices() []discovery.Device {
 	var out []discovery.Device
 	for _, g := range s.GPUs {
-		if g.Healthy {
+		if g.Device.Usable() {
 			out = append(out, g.Device)
 		}
 	}
@@ -88,7 +95,7 @@ type gone func(pci string) bool
 // unbound stay listed as unhealthy (its card vanishes from the DRM class
 // but the PCI function remains) instead of disappearing, under the driver
 // it had.
-func build(devs []discovery.Device, prev *Snapshot, c *Config, isGone gone, qualify func(string) string) *Snapshot {
+func build(devs []discovery.Device, statuses []health.Status, prev *Snapshot, c *Config, isGone gone, qualify func(string) string) *Snapshot {
 	s := &Snapshot{
 		AllCDIName:  qualify(allDevice),
 		ByPathLinks: c.Builder.ByPathMode() != spec.ByPathNone,
@@ -112,7 +119,19 @@ func build(devs []discovery.Device, prev *Snapshot, c *Config, isGone gone, qual
 			continue
 		}
 		seen[d.PCIAddress] = true
-		s.GPUs = append(s.GPUs, &GPU{Device: d, Driver: driver, Healthy: d.Usable(), Reason: d.Reason, CDIName: qualify(d.PCIAddress)})
+		g := &GPU{Device: d, Driver: driver, Healthy: d.Usable(), Reason: d.Reason, CDIName: qualify(d.PCIAddress)}
+		switch {
+		case statuses == nil:
+		case d.Usable():
+			st := statuses[i]
+			g.Health = &st
+			if !st.Healthy {
+				g.Healthy, g.Reason = false, st.Message
+			}
+		default:
+			g.Health = notReady(&d, d.Reason)
+		}
+		s.GPUs = append(s.GPUs, g)
 	}
 	for _, old := range prev.GPUs {
 		if seen[old.Device.PCIAddress] || isGone(old.Device.PCIAddress) {
@@ -121,6 +140,9 @@ func build(devs []discovery.Device, prev *Snapshot, c *Config, isGone gone, qual
 		g := *old
 		g.Healthy, g.Reason = false, lingerReason
 		g.Device.Ready, g.Device.Reason = false, lingerReason
+		if g.Health != nil {
+			g.Health = notReady(&g.Device, lingerReason)
+		}
 		s.GPUs = append(s.GPUs, &g)
 	}
 	slices.SortFunc(s.GPUs, func(a, b *GPU) int { return strings.Compare(a.Device.PCIAddress, b.Device.PCIAddress) })
@@ -152,6 +174,12 @@ func union(next, prev *Snapshot) []discovery.Device {
 func sameGPUs(a, b *Snapshot) bool {
 	return slices.EqualFunc(a.GPUs, b.GPUs, func(x, y *GPU) bool {
 		return x.Healthy == y.Healthy && x.Reason == y.Reason && x.Driver == y.Driver &&
-			x.CDIName == y.CDIName && reflect.DeepEqual(x.Device, y.Device)
+			x.CDIName == y.CDIName && reflect.DeepEqual(x.Device, y.Device) && reflect.DeepEqual(x.Health, y.Health)
 	})
+}
+
+// notReady is the health of a GPU whose nodes cannot be handed out, in the
+// health checker's terms.
+func notReady(d *discovery.Device, why string) *health.Status {
+	return &health.Status{PCIAddress: d.PCIAddress, Card: d.Card, Reason: health.ReasonNotReady, Message: why}
 }

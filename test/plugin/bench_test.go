@@ -171,3 +171,42 @@ func BenchmarkKubeletRestartToReregistered(b *testing.B) {
 	b.StopTimer()
 	reportLatencies(b, samples, "ms", time.Millisecond)
 }
+
+// BenchmarkWedgeUeventToListAndWatch is the time from the kernel's DRM
+// wedged uevent reaching the plugin's socket to the kubelet's stream
+// listing the GPU Unhealthy, and from the driver's bind uevent to it
+// Healthy again.
+func BenchmarkWedgeUeventToListAndWatch(b *testing.B) {
+	r, feed := healthRig(b)
+	_, c := r.registered(deviceplugin.ResourceI915, 1)
+	ch := r.watch(c)
+	const pci = "0000:03:00.0"
+	healthy := func(l []*pluginapi.Device) bool { return slices.Equal(ids(l), healthOf(demoI915, "Healthy")) }
+	wedged := func(l []*pluginapi.Device) bool {
+		return slices.Equal(ids(l), []string{"0000:00:02.0/Healthy", pci + "/Unhealthy"})
+	}
+	r.nextList(ch, "both healthy", healthy)
+	var outs, backs []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		wedge := msg(b)(r.node.WedgedEvent(pci, "rebind"))
+		b.StartTimer()
+		start := time.Now()
+		send(b, feed, wedge)
+		r.nextList(ch, "wedged", wedged)
+		outs = append(outs, time.Since(start))
+
+		b.StopTimer()
+		require.NoError(b, r.node.RebindGPU(pci))
+		bind := msg(b)(r.node.FunctionEvent(pci, "bind"))
+		b.StartTimer()
+		start = time.Now()
+		send(b, feed, bind)
+		r.nextList(ch, "back", healthy)
+		backs = append(backs, time.Since(start))
+	}
+	b.StopTimer()
+	reportLatencies(b, outs, "unhealthy-ms", time.Millisecond)
+	reportLatencies(b, backs, "healthy-ms", time.Millisecond)
+}

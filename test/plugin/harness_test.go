@@ -11,6 +11,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
@@ -154,3 +155,6 @@ func ctxWithin(t testing.TB, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// debounce is how long the node collects a burst of events.
+func (r *rig) debounce() time.Duration { return node.DefaultDebounce }

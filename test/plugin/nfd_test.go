@@ -99,9 +99,11 @@ func TestNFDLabelsFollowGPUsComingAndGoing(t *testing.T) {
 		"gpu.intel.com/drivers=i915.xe\n"+
 		"gpu.intel.com/numa-nodes=0\n")
 
-	// A GPU without its nodes is listed (unhealthy) but counts nowhere.
+	// A GPU without its nodes is listed unhealthy and counted apart.
 	require.NoError(t, r.node.RemoveDevNodes("0000:03:00.0"))
-	waitForFile(t, w.Path(), iGPULabels)
+	waitForFile(t, w.Path(), iGPULabels+
+		"gpu.intel.com/unhealthy.count=1\n"+
+		"gpu.intel.com/unhealthy.reasons=not-ready\n")
 	require.NoError(t, r.node.AddDevNodes("0000:03:00.0"))
 	waitForFile(t, w.Path(), header+
 		"gpu.intel.com/count=2\n"+

@@ -12,6 +12,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 )
 
@@ -20,6 +21,7 @@ type Config struct {
 	Node         node.Config
 	DevicePlugin deviceplugin.Config
 	subs         []node.Subscriber
+	monitor      *health.Monitor
 }
 
 // Option changes a Config.
@@ -56,6 +58,11 @@ func WithObserver(o Observer) Option {
 	return func(c *Config) { c.Node.Observer, c.DevicePlugin.Observer = o, o }
 }
 
+// WithHealth gives the node a health monitor; Run runs it.
+func WithHealth(m *health.Monitor) Option {
+	return func(c *Config) { c.Node.Health, c.monitor = m, m }
+}
+
 // WithSubscriber adds a subscriber of the node besides the device plugin.
 func WithSubscriber(s node.Subscriber) Option {
 	return func(c *Config) { c.subs = append(c.subs, s) }
@@ -65,6 +72,7 @@ func WithSubscriber(s node.Subscriber) Option {
 type Plugin struct {
 	Node         *node.Node
 	DevicePlugin *deviceplugin.Plugin
+	monitor      *health.Monitor
 }
 
 // New builds both from the defaults and opts. The scanner defaults to the
@@ -96,7 +104,7 @@ func New(opts ...Option) (*Plugin, error) {
 	for _, s := range c.subs {
 		n.Subscribe(s)
 	}
-	return &Plugin{Node: n, DevicePlugin: dp}, nil
+	return &Plugin{Node: n, DevicePlugin: dp, monitor: c.monitor}, nil
 }
 
 // SpecPath is where the node keeps its spec.
@@ -107,6 +115,14 @@ func (p *Plugin) SpecPath() string { return p.Node.SpecPath() }
 func (p *Plugin) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if p.monitor != nil {
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			_ = p.monitor.Run(ctx)
+		}()
+		defer func() { <-stopped }()
+	}
 	dpErr := make(chan error, 1)
 	go func() {
 		err := p.DevicePlugin.Run(ctx)

@@ -47,6 +47,11 @@ var badFlags = []struct {
 	{flag: "metrics-address", values: []string{"not an address", ":99999", "256.0.0.1:9400"}},
 	{flag: "probe-address", values: []string{"not an address", ":99999", "256.0.0.1:8081"}},
 	{flag: "nfd-features-dir", values: []string{"@file/features.d"}},
+	{flag: "health-sources", values: []string{"bogus", "uevent,wedges", "all;"}},
+	{flag: "health-state-file", values: []string{"@file/health.json", "@file"}},
+	{flag: "health-fatal-aer", values: []string{"-1", "many"}},
+	{flag: "health-nonfatal-aer", values: []string{"-1", "1.5"}},
+	{flag: "health-hangs", values: []string{"-1", "x"}},
 }
 
 // TestEveryFlagRejectsBadValuesAtStartUp runs `intel-gpu-cdi plugin`

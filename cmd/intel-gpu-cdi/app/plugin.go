@@ -35,6 +35,8 @@ type pluginConfig struct {
 	MetricsAddress     string
 	ProbeAddress       string
 	NFDFeaturesDir     string
+	Health             healthConfig
+	sysfsRoot          string
 }
 
 // fieldFlags maps the configuration fields to the flags that set them.
@@ -93,6 +95,7 @@ func pluginCommand() *cli.Command {
 	)
 	flags := append(common.flags(), specCfg.flags()...)
 	flags = append(flags, cfg.flags()...)
+	flags = append(flags, cfg.Health.flags()...)
 	return &cli.Command{
 		Name:  "plugin",
 		Usage: "serve the node's Intel GPUs to the kubelet as gpu.intel.com/i915 and gpu.intel.com/xe",
@@ -131,6 +134,7 @@ func (c *pluginConfig) complete(common *commonConfig, specCfg *specConfig, log *
 	}
 	c.Node.AllowIDs, c.Node.DenyIDs = splitList(c.AllowIDs), splitList(c.DenyIDs)
 	c.Node.Scanner, c.Node.Builder, c.Node.Logger = common.scanner(), b, log
+	c.sysfsRoot = common.SysfsRoot
 	c.DevicePlugin.Logger = log
 	if err := c.Node.Validate(); err != nil {
 		return flagError(err)
@@ -152,6 +156,11 @@ func (c *pluginConfig) complete(common *commonConfig, specCfg *specConfig, log *
 // run wires the node, the device plugin and the optional endpoints, and
 // serves until a signal or ctx ends it.
 func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
+	monitor, err := c.Health.monitor(c.sysfsRoot, log)
+	if err != nil {
+		return err
+	}
+	c.Node.Health = monitor
 	var obs *metrics.Metrics
 	if c.MetricsAddress != "" {
 		obs = metrics.New()
@@ -188,6 +197,7 @@ func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
 		}
 	}
 	if obs != nil {
+		obs.Registry().MustRegister(metrics.NewGPUCollector(c.sysfsRoot, snapshotGPUs(n), metrics.WithHealthStats(monitor.Stats)))
 		srv, err := metrics.Listen(c.MetricsAddress, obs.Handler())
 		if err != nil {
 			return fmt.Errorf("--metrics-address: %w", err)
@@ -221,6 +231,7 @@ func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
 			}
 		})
 	}
+	helpers.Go(func() { _ = monitor.Run(ctx) })
 	if labels != nil {
 		log.Info("keeping NFD feature labels", "path", labels.Path())
 		helpers.Go(func() { labels.Run(ctx) })
@@ -246,6 +257,18 @@ func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
 		log.Info("stopped")
 	}
 	return err
+}
+
+// snapshotGPUs lists the node's current GPUs for the GPU metrics.
+func snapshotGPUs(n *node.Node) func() []metrics.GPU {
+	return func() []metrics.GPU {
+		s := n.Snapshot()
+		out := make([]metrics.GPU, len(s.GPUs))
+		for i, g := range s.GPUs {
+			out[i] = metrics.GPU{PCIAddress: g.PCIAddress(), Card: g.Device.Card, Health: g.Health}
+		}
+		return out
+	}
 }
 
 // splitList reads a comma list. An empty list is none; an empty item is
