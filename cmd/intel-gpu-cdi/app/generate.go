@@ -41,9 +41,21 @@ func generateCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			f, err := spec.FormatFor(format, output)
-			if err != nil {
-				return fmt.Errorf("--format: %w", err)
+			f := spec.FormatYAML
+			if format != "" {
+				if f, err = spec.ParseFormat(format); err != nil {
+					return fmt.Errorf("--format: %w", err)
+				}
+			}
+			if output != "-" {
+				ext, err := spec.FormatOf(output)
+				if err != nil {
+					return fmt.Errorf("--output: %w", err)
+				}
+				if format != "" && f != ext {
+					return fmt.Errorf("--format %s contradicts --output %s", format, output)
+				}
+				f = ext
 			}
 			res, err := common.scanner().Scan()
 			if err != nil {
