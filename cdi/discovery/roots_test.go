@@ -50,7 +50,7 @@ func TestCheckRoots(t *testing.T) {
 			},
 			wantRoot: discovery.RootSysfs, wantErr: []string{"is not a directory"}},
 		{name: "an empty directory is not sysfs",
-			node: func(t *testing.T, n *fakenode.Node) (string, string) { return t.TempDir(), n.Dev },
+			node:     func(t *testing.T, n *fakenode.Node) (string, string) { return t.TempDir(), n.Dev },
 			wantRoot: discovery.RootSysfs, wantErr: []string{"does not look like sysfs: it has no class/ and no devices/"}},
 		{name: "a tree with class/ but no devices/ is not sysfs",
 			node: func(t *testing.T, n *fakenode.Node) (string, string) {
@@ -70,7 +70,7 @@ func TestCheckRoots(t *testing.T) {
 			},
 			wantRoot: discovery.RootDev, wantErr: []string{"nodev"}, wantIs: fs.ErrNotExist},
 		{name: "a dev root without dri/ while sysfs shows an Intel GPU is an error",
-			node: func(t *testing.T, n *fakenode.Node) (string, string) { return n.Sys, t.TempDir() },
+			node:     func(t *testing.T, n *fakenode.Node) (string, string) { return n.Sys, t.TempDir() },
 			wantRoot: discovery.RootDev, wantErr: []string{"has no usable dri/", "lists Intel GPU card0"}},
 	}
 	for _, tt := range tests {
