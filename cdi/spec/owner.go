@@ -19,7 +19,7 @@ var ErrNotOwned = errors.New("not a CDI spec of this kind")
 // writer runs as root on a host: a path given by mistake may name a device
 // node, a FIFO or someone else's file, and renaming over it would destroy it.
 type NotOwnedError struct {
-	// Op is what was refused: "replace" or "remove".
+	// Op is what was refused: "write to" or "remove".
 	Op   string
 	Path string
 	// Found says what is there, as the end of a sentence starting "it":
@@ -45,7 +45,7 @@ const maxSpecSize = 16 << 20
 // else is a *NotOwnedError; other errors (a parent that is not a
 // directory, no permission) are returned as they are.
 func CheckOwner(path, kind string) (exists bool, err error) {
-	return checkOwner("replace", path, kind)
+	return checkOwner("write to", path, kind)
 }
 
 func checkOwner(op, path, kind string) (bool, error) {
