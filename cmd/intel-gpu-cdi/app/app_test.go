@@ -344,7 +344,7 @@ func TestGenerateErrorsLeaveTheOutputAlone(t *testing.T) {
 	tests := []struct {
 		name    string
 		flags   []string
-		output  func(dir, existing string) string
+		output  func(t *testing.T, dir, existing string) string
 		wantErr string
 	}{
 		{name: "an unknown --format", flags: []string{"--format", "toml"}, wantErr: `invalid spec format "toml"`},
@@ -354,14 +354,12 @@ func TestGenerateErrorsLeaveTheOutputAlone(t *testing.T) {
 		{name: "an unknown --log-level", flags: []string{"--log-level", "loud"}, wantErr: `invalid level "loud"`},
 		{name: "an unknown --log-format", flags: []string{"--log-format", "xml"}, wantErr: `invalid format "xml"`},
 		{name: "an output below a regular file cannot be written",
-			output:  func(_, existing string) string { return filepath.Join(existing, "intel.com-gpu.yaml") },
+			output:  func(_ *testing.T, _, existing string) string { return filepath.Join(existing, "intel.com-gpu.yaml") },
 			wantErr: "not a directory"},
 		{name: "an output that is a directory cannot be replaced",
-			output: func(dir, _ string) string {
+			output: func(t *testing.T, dir, _ string) string {
 				p := filepath.Join(dir, "taken.yaml")
-				if err := os.Mkdir(p, 0o755); err != nil {
-					panic(err)
-				}
+				must(t, os.Mkdir(p, 0o755))
 				return p
 			},
 			wantErr: "it is a directory"},
@@ -376,7 +374,7 @@ func TestGenerateErrorsLeaveTheOutputAlone(t *testing.T) {
 			}
 			out := existing
 			if tt.output != nil {
-				out = tt.output(dir, existing)
+				out = tt.output(t, dir, existing)
 			}
 			r := run(t, args([]string{"generate"}, roots(n), tt.flags, []string{"--output", out})...)
 			if r.err == nil || !strings.Contains(r.err.Error(), tt.wantErr) {
