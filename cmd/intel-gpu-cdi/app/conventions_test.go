@@ -74,8 +74,10 @@ func TestCommonFlagsGoBeforeOrAfterTheCommand(t *testing.T) {
 			args:  []string{"--log-level", "debug", "generate", "--log-level", "error", "--sysfs-root", n.Sys, "--dev-root", n.Dev},
 			check: func(r result) bool { return r.code == 0 && r.stderr == "" }},
 		{name: "the plugin takes them before the command too",
-			args:  []string{"--log-level", "loud", "plugin"},
-			check: func(r result) bool { return r.code == 1 && strings.Contains(r.stderr, `--log-level: invalid level "loud"`) }},
+			args: []string{"--log-level", "loud", "plugin"},
+			check: func(r result) bool {
+				return r.code == 1 && strings.Contains(r.stderr, `--log-level: invalid level "loud"`)
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -21,9 +21,11 @@ func TestAWrongRootIsAnErrorNeverADeletion(t *testing.T) {
 		wantErr func(sys, dev string) string
 	}{
 		{
-			name:    "an empty directory as --sysfs-root",
-			roots:   func(t *testing.T, n *fakenode.Node) (string, string) { return t.TempDir(), n.Dev },
-			wantErr: func(sys, _ string) string { return "--sysfs-root " + sys + ": does not look like sysfs: it has no class/ and no devices/" },
+			name:  "an empty directory as --sysfs-root",
+			roots: func(t *testing.T, n *fakenode.Node) (string, string) { return t.TempDir(), n.Dev },
+			wantErr: func(sys, _ string) string {
+				return "--sysfs-root " + sys + ": does not look like sysfs: it has no class/ and no devices/"
+			},
 		},
 		{
 			name:    "the node's root instead of its sys",
