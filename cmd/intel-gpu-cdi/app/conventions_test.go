@@ -105,7 +105,7 @@ func TestUsageErrors(t *testing.T) {
 		{args: []string{"--bogus", "list"}, want: "intel-gpu-cdi: unknown flag --bogus", hint: "intel-gpu-cdi --help"},
 		{args: []string{"generate", "-o"}, want: "intel-gpu-cdi generate: flag -o needs a value", hint: "intel-gpu-cdi generate --help"},
 		{args: []string{"plugin", "--shared-dev-num", "two"}, want: `intel-gpu-cdi plugin: invalid value "two" for flag --shared-dev-num`, hint: "intel-gpu-cdi plugin --help"},
-		{args: []string{"list", "--verbose=maybe"}, want: `intel-gpu-cdi list: invalid boolean value "maybe" for -verbose`, hint: "intel-gpu-cdi list --help"},
+		{args: []string{"list", "--verbose=maybe"}, want: `intel-gpu-cdi list: invalid boolean value "maybe" for --verbose`, hint: "intel-gpu-cdi list --help"},
 		{args: []string{"list"}, env: map[string]string{"INTEL_GPU_CDI_VERBOSE": "maybe"},
 			want: `could not parse "maybe" as bool value from environment variable "INTEL_GPU_CDI_VERBOSE"`, hint: "--help"},
 		{args: []string{"bogus"}, want: `intel-gpu-cdi: unknown command "bogus"`, hint: "intel-gpu-cdi --help"},

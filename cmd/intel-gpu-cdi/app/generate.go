@@ -46,18 +46,13 @@ func generateCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			path, f, err := outputFormat(output, format)
+			path, f, err := outputFormat(output, format, b.Kind())
 			if err != nil {
 				return err
 			}
 			scanner, err := common.nodeScanner()
 			if err != nil {
 				return err
-			}
-			if path != "" {
-				if _, err := spec.CheckOwner(path, b.Kind()); err != nil {
-					return fmt.Errorf("--output: %w", err)
-				}
 			}
 			res, err := scanner.Scan()
 			if err != nil {
@@ -96,10 +91,11 @@ func generateCommand() *cli.Command {
 }
 
 // outputFormat reads --output and --format: the file to write ("" for
-// standard output) and its encoding. Runtimes pick a spec file's encoding
-// by its extension and skip any other name, so a file's extension decides
-// and --format may only agree with it.
-func outputFormat(output, format string) (path string, f spec.Format, err error) {
+// standard output) and its encoding. A file must be ours to replace (see
+// spec.CheckOwner) and named as runtimes read it: they pick a spec file's
+// encoding by its extension and skip any other name, so the extension
+// decides and --format may only agree with it.
+func outputFormat(output, format, kind string) (path string, f spec.Format, err error) {
 	if format != "" {
 		if f, err = spec.ParseFormat(format); err != nil {
 			return "", "", fmt.Errorf("--format: %w", err)
@@ -113,6 +109,11 @@ func outputFormat(output, format string) (path string, f spec.Format, err error)
 	}
 	if output == "" {
 		return "", "", fmt.Errorf("--output: must not be empty (- is standard output)")
+	}
+	// What is at the path first: "-o /dev/null" is refused as the device
+	// it is, not for its name.
+	if _, err := spec.CheckOwner(output, kind); err != nil {
+		return "", "", fmt.Errorf("--output: %w", err)
 	}
 	byExt, err := spec.FormatOf(output)
 	if err != nil {

@@ -151,3 +151,23 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestGenerateRefusesANullDevice is the case of the issue: as root,
+// `generate -o /dev/null` replaced the host's /dev/null with a regular
+// file. Here on a char device 1:3 made in a temp dir, never the host's.
+func TestGenerateRefusesANullDevice(t *testing.T) {
+	n := node(t, fakenode.IGPU)
+	null := filepath.Join(t.TempDir(), "null")
+	if err := unix.Mknod(null, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		testenv.Unavailable(t, "cannot mknod(2) a char device here (needs root or CAP_MKNOD): %v", err)
+	}
+	before := lstat(t, null)
+	r := run(t, args([]string{"generate", "-o", null}, roots(n))...)
+	want := "intel-gpu-cdi: --output: refusing to write to " + null + ": it is a character device (1:3)\n"
+	if r.code != 1 || r.stdout != "" || r.stderr != want {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 1, nothing, %q", r.code, r.stdout, r.stderr, want)
+	}
+	if after := lstat(t, null); !after.same(before) || after.st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		t.Errorf("%s is no longer the char device it was", null)
+	}
+}

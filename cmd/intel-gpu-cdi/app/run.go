@@ -67,9 +67,13 @@ func flagErrorText(s string) string {
 			return "flag " + dashes + name + " needs a value"
 		}
 	}
-	if rest, ok := strings.CutPrefix(s, "invalid value "); ok {
-		if i := strings.Index(rest, " for flag -"); i >= 0 && !strings.HasPrefix(rest[i+len(" for flag -"):], "-") {
-			return "invalid value " + rest[:i] + " for flag --" + rest[i+len(" for flag -"):]
+	// invalid value "two" for flag -shared-dev-num: ...
+	// invalid boolean value "maybe" for -verbose: ...
+	if strings.HasPrefix(s, "invalid ") {
+		for _, sep := range []string{" for flag -", " for -"} {
+			if before, after, ok := strings.Cut(s, sep); ok && len(after) > 1 && after[0] != '-' && after[1] != ':' {
+				return before + sep + "-" + after
+			}
 		}
 	}
 	return s
