@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +17,17 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
+// binDir holds the binary buildBinary builds, removed by TestMain.
+var binDir string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
 // buildBinary builds intel-gpu-cdi once per test binary: the shells and
 // the never-executes tests run the real program.
 var buildBinary = func() func(t *testing.T) string {
@@ -29,13 +39,12 @@ var buildBinary = func() func(t *testing.T) string {
 	return func(t *testing.T) string {
 		t.Helper()
 		once.Do(func() {
-			var dir string
-			if dir, err = os.MkdirTemp("", "intel-gpu-cdi-bin"); err != nil {
+			if binDir, err = os.MkdirTemp("", "intel-gpu-cdi-bin"); err != nil {
 				return
 			}
-			bin = filepath.Join(dir, "intel-gpu-cdi")
-			goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-			out, buildErr := exec.Command(goTool, "build", "-o", bin, "..").CombinedOutput()
+			bin = filepath.Join(binDir, "intel-gpu-cdi")
+			// go test puts its own go first on PATH.
+			out, buildErr := exec.Command("go", "build", "-o", bin, "..").CombinedOutput()
 			if buildErr != nil {
 				err = fmt.Errorf("go build: %v\n%s", buildErr, out)
 			}
