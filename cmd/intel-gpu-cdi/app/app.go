@@ -35,12 +35,14 @@ func env(flag string) []string {
 func init() {
 	// urfave/cli's own --version has the alias -v, which is --verbose here.
 	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version and exit"}
-	cli.VersionPrinter = func(c *cli.Context) { printVersion(c.App.Writer) }
+	cli.VersionPrinter = func(c *cli.Context) { _ = printVersion(c.App.Writer) }
 }
 
 // New returns the intel-gpu-cdi application. Run it with Main, which maps
 // its errors to exit statuses; running it directly (in tests) returns them.
 func New() *cli.App {
+	// global receives the common flags given before the command; each
+	// command's own copy of them starts from it (see conventions).
 	var global commonConfig
 	a := &cli.App{
 		Name:    "intel-gpu-cdi",
