@@ -181,16 +181,16 @@ func FuzzScanHostileTree(f *testing.F) {
 				err = os.Mkdir(p, 0o755)
 			}
 			if err != nil {
-				t.Skipf("the filesystem refuses this input: %v", err)
+				return // the filesystem refuses this input: no tree to scan
 			}
 		}
 		want := 1
 		if extraName != "" {
 			if !filepath.IsLocal(extraName) || strings.ContainsRune(extraName, '/') {
-				t.Skip("an entry name is one path element")
+				return // an entry name is one path element: no such tree
 			}
 			if err := os.Symlink(extraTarget, filepath.Join(n.Sys, "class", "drm", extraName)); err != nil {
-				t.Skipf("the filesystem refuses this input: %v", err)
+				return // the filesystem refuses this input: no tree to scan
 			}
 			if _, ok := discovery.ParseCardName(extraName); ok {
 				want = 2

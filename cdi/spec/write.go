@@ -37,17 +37,24 @@ func ParseFormat(s string) (Format, error) {
 	return "", fmt.Errorf("invalid spec format %q: want %q or %q", s, FormatJSON, FormatYAML)
 }
 
-// FormatFor picks the encoding: the explicit one when set, else the file's
-// extension, else YAML.
-func FormatFor(explicit, path string) (Format, error) {
-	if explicit != "" {
-		return ParseFormat(explicit)
-	}
-	switch strings.ToLower(filepath.Ext(path)) {
+// ErrExtension is matched (errors.Is) when a spec file's name ends in an
+// extension CDI runtimes do not read.
+var ErrExtension = errors.New("CDI runtimes read only .json and .yaml spec files")
+
+// FormatOf returns the encoding a spec file must have for CDI runtimes to
+// read it, which they choose by the extension, exactly .json or .yaml: a
+// spec named anything else (.yml, .JSON, no extension) is silently ignored.
+func FormatOf(path string) (Format, error) {
+	switch ext := filepath.Ext(path); ext {
 	case ".json":
 		return FormatJSON, nil
+	case ".yaml":
+		return FormatYAML, nil
+	case "":
+		return "", fmt.Errorf("%s has no extension: %w", path, ErrExtension)
+	default:
+		return "", fmt.Errorf("%s ends in %s: %w", path, ext, ErrExtension)
 	}
-	return FormatYAML, nil
 }
 
 // Mode is the permission every spec file ends with: runtimes that run
@@ -84,17 +91,24 @@ func Marshal(s *specs.Spec, f Format) ([]byte, error) {
 
 // Write validates the spec with the CDI library and writes it to path
 // atomically: a temporary file in the same directory, fsynced, made 0644,
-// validated by reading it back, then renamed over path. On any error path
-// is left as it was. The parent directory is created 0755 when missing.
+// validated by reading it back, then renamed over path. It writes only
+// where CheckOwner allows: nothing at path, or a spec of the same kind;
+// anything else is refused with a *NotOwnedError. On any error path is
+// left as it was. The parent directory is created 0755 when missing.
 func Write(path string, s *specs.Spec, f Format) error {
 	data, err := Marshal(s, f)
 	if err != nil {
 		return err
 	}
+	if _, err := CheckOwner(path, s.Kind); err != nil {
+		return err
+	}
 	return WriteEncoded(path, data)
 }
 
-// WriteEncoded is Write for a spec that is already encoded.
+// WriteEncoded is Write for a spec that is already encoded, without the
+// ownership check: for a caller that owns path by other means (the
+// plugin's own file in its own spec directory).
 func WriteEncoded(path string, data []byte) error {
 	dir := filepath.Dir(path)
 	if err := mkdirAll(dir, dirMode); err != nil {
@@ -156,22 +170,14 @@ func validateFile(p string) error {
 }
 
 // RemoveStale removes the spec at path if it is a spec of the given kind.
-// A missing file is not an error; a file of another kind, or one that is
-// not a CDI spec, is left alone and reported.
+// A missing file is not an error; anything CheckOwner would not let Write
+// replace (another kind's spec, a file that is not a spec, a symlink, a
+// directory, a device node) is left alone and refused with a
+// *NotOwnedError.
 func RemoveStale(path, kind string) (removed bool, err error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("reading %s: %w", path, err)
-	}
-	raw, err := cdiapi.ParseSpec(data)
-	if err != nil || raw == nil {
-		return false, fmt.Errorf("not removing %s: it is not a CDI spec", path)
-	}
-	if raw.Kind != kind {
-		return false, fmt.Errorf("not removing %s: it holds kind %q, not %q", path, raw.Kind, kind)
+	exists, err := checkOwner("remove", path, kind)
+	if err != nil || !exists {
+		return false, err
 	}
 	if err := os.Remove(path); err != nil {
 		return false, fmt.Errorf("removing stale spec %s: %w", path, err)

@@ -3,6 +3,7 @@ package spec_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -100,27 +101,30 @@ func TestMarshalEncodesAValidSpec(t *testing.T) {
 	})
 }
 
-func TestFormatFor(t *testing.T) {
+func TestFormatOfFollowsWhatRuntimesRead(t *testing.T) {
 	tests := []struct {
-		name, explicit, path string
-		want                 spec.Format
-		wantErr              bool
+		name, path string
+		want       spec.Format
 	}{
 		{name: "a .json file is JSON", path: "/etc/cdi/intel.com-gpu.json", want: spec.FormatJSON},
-		{name: "a .JSON file is JSON", path: "spec.JSON", want: spec.FormatJSON},
 		{name: "a .yaml file is YAML", path: "/etc/cdi/intel.com-gpu.yaml", want: spec.FormatYAML},
-		{name: "a file without an extension is YAML", path: "spec", want: spec.FormatYAML},
-		{name: "stdout is YAML", path: "-", want: spec.FormatYAML},
-		{name: "the flag wins over the extension", explicit: "yaml", path: "spec.json", want: spec.FormatYAML},
-		{name: "json from the flag goes to stdout", explicit: "json", path: "-", want: spec.FormatJSON},
-		{name: "yml is YAML", explicit: "yml", path: "-", want: spec.FormatYAML},
-		{name: "an unknown format is refused", explicit: "toml", path: "spec.json", wantErr: true},
+		{name: "a .yml file is refused: runtimes skip it", path: "/etc/cdi/intel.com-gpu.yml"},
+		{name: "a .JSON file is refused: runtimes match the extension exactly", path: "spec.JSON"},
+		{name: "a .txt file is refused", path: "spec.txt"},
+		{name: "a file without an extension is refused", path: "/etc/cdi/spec"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := spec.FormatFor(tt.explicit, tt.path)
-			if got != tt.want || (err != nil) != tt.wantErr {
-				t.Errorf("FormatFor(%q, %q) = %q, %v; want %q, error %v", tt.explicit, tt.path, got, err, tt.want, tt.wantErr)
+			got, err := spec.FormatOf(tt.path)
+			if got != tt.want {
+				t.Errorf("FormatOf(%q) = %q, want %q", tt.path, got, tt.want)
+			}
+			if tt.want == "" && (!errors.Is(err, spec.ErrExtension) || !strings.Contains(err.Error(), tt.path) ||
+				!strings.Contains(err.Error(), "runtimes read only .json and .yaml")) {
+				t.Errorf("FormatOf(%q) error %v, want ErrExtension naming the path", tt.path, err)
+			}
+			if tt.want != "" && err != nil {
+				t.Errorf("FormatOf(%q) error %v", tt.path, err)
 			}
 		})
 	}
@@ -143,11 +147,14 @@ func TestWriteLeavesASpecEveryoneCanRead(t *testing.T) {
 			root := t.TempDir()
 			p := filepath.Join(root, tt.rel)
 			if tt.before != nil {
-				if err := os.WriteFile(p, []byte("old"), *tt.before); err != nil {
+				if err := os.WriteFile(p, []byte(ourSpecYAML(t)), *tt.before); err != nil {
 					t.Fatal(err)
 				}
 			}
-			f, _ := spec.FormatFor("", p)
+			f, err := spec.FormatOf(p)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if err := spec.Write(p, igpuSpec(t), f); err != nil {
 				t.Fatal(err)
 			}
@@ -201,7 +208,7 @@ func TestWriteFailureLeavesTheOldFile(t *testing.T) {
 				return filepath.Join(dir, "intel.com-gpu.yaml", "spec.yaml")
 			},
 			spec:    igpuSpec,
-			wantErr: "creating CDI spec directory",
+			wantErr: "not a directory",
 		},
 		{
 			name: "a directory in the spec's place is not replaced",
@@ -213,7 +220,7 @@ func TestWriteFailureLeavesTheOldFile(t *testing.T) {
 				return p
 			},
 			spec:    igpuSpec,
-			wantErr: "writing CDI spec",
+			wantErr: "it is a directory",
 		},
 	}
 	for _, tt := range tests {
@@ -278,7 +285,7 @@ func TestRemoveStale(t *testing.T) {
 	}{
 		{name: "a spec of our kind is removed", content: ours, wantRemoved: true},
 		{name: "a missing file is not an error"},
-		{name: "another kind's spec is left alone", content: theirs, wantErr: `it holds kind "nvidia.com/gpu", not "intel.com/gpu"`},
+		{name: "another kind's spec is left alone", content: theirs, wantErr: `it holds a CDI spec of kind "nvidia.com/gpu", not "intel.com/gpu"`},
 		{name: "a file that is not a CDI spec is left alone", content: []byte("hello: [\n"), wantErr: "it is not a CDI spec"},
 		{name: "an empty file is left alone", content: []byte{}, wantErr: "it is not a CDI spec"},
 	}

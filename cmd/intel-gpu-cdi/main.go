@@ -3,15 +3,12 @@
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app"
 )
 
 func main() {
-	if err := app.New().Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "intel-gpu-cdi: %v\n", err)
-		os.Exit(1)
-	}
+	os.Exit(app.Main(context.Background(), os.Args, os.Stdout, os.Stderr))
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/cluster/rig"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 const (
@@ -51,14 +52,10 @@ type timing struct {
 	Running time.Duration `json:"createToRunningNs"`
 }
 
-// need fails under CI and skips elsewhere: in CI nothing may be silently missing.
-func need(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("CI: "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
+// need fails under CI and skips elsewhere: in CI nothing may be silently
+// missing. It is the product's testenv.Unavailable, so that every module
+// agrees on what "running in CI" is (CI=false is not).
+var need = testenv.Unavailable
 
 func TestKubeletWithCDI(t *testing.T) {
 	binary, bins := prerequisites(t)

@@ -110,11 +110,12 @@ func TestRefreshServiceRunsGenerateOnce(t *testing.T) {
 	}
 
 	t.Run("the CLI accepts the command line", func(t *testing.T) {
-		// The same arguments, on an empty node and into a temp dir: generate
-		// succeeds and writes nothing when there is no GPU.
+		// The same arguments, on a node without GPUs and into a temp dir:
+		// generate succeeds and writes nothing when there is no GPU. (An
+		// empty directory is no node: generate refuses it as --sysfs-root.)
 		tmp := t.TempDir()
-		for _, d := range []string{"sys", "dev"} {
-			if err := os.Mkdir(filepath.Join(tmp, d), 0o755); err != nil {
+		for _, d := range []string{"sys/class/drm", "sys/devices", "dev"} {
+			if err := os.MkdirAll(filepath.Join(tmp, d), 0o755); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -330,7 +330,7 @@ func TestBinaryExitCodes(t *testing.T) {
 			wantStderr: "no ready Intel GPU found"},
 		{name: "an unknown format exits 1 with the reason", args: []string{"generate", "--format", "toml", "--sysfs-root", n.Sys, "--dev-root", n.Dev},
 			wantCode: 1, wantStderr: `intel-gpu-cdi: --format: invalid spec format "toml"`},
-		{name: "an unknown flag exits non-zero", args: []string{"generate", "--no-such-flag"}, wantCode: 1, wantStderr: "flag provided but not defined"},
+		{name: "an unknown flag is a usage error: exit 2", args: []string{"generate", "--no-such-flag"}, wantCode: 2, wantStderr: "unknown flag --no-such-flag"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

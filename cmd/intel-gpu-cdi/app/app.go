@@ -4,12 +4,14 @@
 package app
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -30,24 +32,47 @@ func env(flag string) []string {
 	return []string{EnvPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
 }
 
-// New returns the intel-gpu-cdi application.
+func init() {
+	// urfave/cli's own --version has the alias -v, which is --verbose here.
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version and exit"}
+	cli.VersionPrinter = func(c *cli.Context) { _ = printVersion(c.App.Writer) }
+}
+
+// New returns the intel-gpu-cdi application. Run it with Main, which maps
+// its errors to exit statuses; running it directly (in tests) returns them.
 func New() *cli.App {
-	return &cli.App{
+	// global receives the common flags given before the command; each
+	// command's own copy of them starts from it (see conventions).
+	var global commonConfig
+	a := &cli.App{
 		Name:    "intel-gpu-cdi",
 		Usage:   "make Intel GPUs (i915, xe) usable from containers through CDI",
 		Version: Version,
 		Description: "list finds the Intel GPUs of this node, generate writes their CDI spec, " +
 			"plugin serves them to the kubelet as gpu.intel.com/i915 and gpu.intel.com/xe.",
-		EnableBashCompletion: true,
-		HideVersion:          true,
+		Flags: global.flags(),
 		Commands: []*cli.Command{
 			listCommand(),
 			generateCommand(),
 			pluginCommand(),
 			versionCommand(),
 			completionCommand(),
+			completeCommand(),
 		},
+		// With no command: the help, on stdout, as asked for.
+		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				return usageErrorf(c, "unknown command %q", c.Args().First())
+			}
+			return cli.ShowAppHelp(c)
+		},
+		OnUsageError: onUsageError,
+		// Errors go back to Main, which alone decides the exit status:
+		// the default handler calls os.Exit from inside the library.
+		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	conventions(a)
+	return a
 }
 
 func versionCommand() *cli.Command {
@@ -55,11 +80,14 @@ func versionCommand() *cli.Command {
 		Name:  "version",
 		Usage: "print the version",
 		Action: func(c *cli.Context) error {
-			_, err := fmt.Fprintf(c.App.Writer, "intel-gpu-cdi %s (%s, %s/%s)\n",
-				Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-			return err
+			return printVersion(c.App.Writer)
 		},
 	}
+}
+
+func printVersion(w io.Writer) error {
+	_, err := fmt.Fprintf(w, "intel-gpu-cdi %s (%s, %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return err
 }
 
 // commonConfig holds the flags every subcommand takes: where to read the
@@ -110,16 +138,50 @@ func (c *commonConfig) checkRoots() error {
 	return nil
 }
 
+// nodeScanner checks the root flags (checkRoots, then
+// discovery.CheckRoots) and returns the scanner of that node. A root that
+// is not a node is an error naming its flag: a scan of it would find no
+// GPU, and list and generate would report, or act on, a node without any.
+func (c *commonConfig) nodeScanner() (*discovery.Scanner, error) {
+	if err := c.checkRoots(); err != nil {
+		return nil, err
+	}
+	s := c.scanner()
+	if err := s.CheckRoots(); err != nil {
+		return nil, rootFlagError(err)
+	}
+	return s, nil
+}
+
+// rootFlagError names the flag of the root discovery.CheckRoots refused.
+func rootFlagError(err error) error {
+	var re *discovery.RootError
+	if !errors.As(err, &re) {
+		return err
+	}
+	flag := "--sysfs-root"
+	if re.Root == discovery.RootDev {
+		flag = "--dev-root"
+	}
+	return fmt.Errorf("%s %s: %w", flag, re.Path, re.Err)
+}
+
 // scanner reads the node below the roots the flags give.
 func (c *commonConfig) scanner() *discovery.Scanner {
 	return discovery.New(discovery.WithSysfsRoot(c.SysfsRoot), discovery.WithDevRoot(c.DevRoot))
 }
 
+// The values of the logging flags, for their checks and for completion.
+var (
+	logLevels  = []string{"debug", "info", "warn", "error"}
+	logFormats = []string{"text", "json"}
+)
+
 // logger builds the process logger from the logging flags.
 func (c *commonConfig) logger(w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level: invalid level %q: want debug, info, warn or error", c.LogLevel)
+	if !slices.Contains(logLevels, strings.ToLower(c.LogLevel)) || level.UnmarshalText([]byte(c.LogLevel)) != nil {
+		return nil, fmt.Errorf("--log-level: invalid level %q: want %s", c.LogLevel, strings.Join(logLevels, ", "))
 	}
 	if c.Verbose {
 		level = slog.LevelDebug
@@ -131,7 +193,7 @@ func (c *commonConfig) logger(w io.Writer) (*slog.Logger, error) {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
-	return nil, fmt.Errorf("--log-format: invalid format %q: want text or json", c.LogFormat)
+	return nil, fmt.Errorf("--log-format: invalid format %q: want %s", c.LogFormat, strings.Join(logFormats, " or "))
 }
 
 // specConfig holds the flags that shape the CDI spec.
@@ -142,25 +204,16 @@ type specConfig struct {
 }
 
 func (c *specConfig) flags() []cli.Flag {
+	return append(c.kindFlags(),
+		&cli.StringFlag{Name: "by-path", Value: "single", Usage: "by-path links in the spec: single (each GPU's own links) or none", EnvVars: env("by-path"), Destination: &c.ByPath},
+	)
+}
+
+// kindFlags are the flags that make the CDI kind, which list needs too to
+// show the names generate gives.
+func (c *specConfig) kindFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "vendor", Value: "intel.com", Usage: "vendor part of the CDI kind", EnvVars: env("vendor"), Destination: &c.Vendor},
 		&cli.StringFlag{Name: "class", Value: "gpu", Usage: "class part of the CDI kind", EnvVars: env("class"), Destination: &c.Class},
-		&cli.StringFlag{Name: "by-path", Value: "single", Usage: "by-path links in the spec: single (each GPU's own links) or none", EnvVars: env("by-path"), Destination: &c.ByPath},
-	}
-}
-
-func completionCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "completion",
-		Usage:     "print a shell completion script (bash or zsh)",
-		ArgsUsage: "bash|zsh",
-		Action: func(c *cli.Context) error {
-			script, ok := completionScripts[c.Args().First()]
-			if !ok {
-				return fmt.Errorf("completion: want bash or zsh, got %q", c.Args().First())
-			}
-			_, err := io.WriteString(c.App.Writer, script)
-			return err
-		},
 	}
 }

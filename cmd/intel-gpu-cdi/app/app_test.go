@@ -2,7 +2,9 @@ package app_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,27 +15,33 @@ import (
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	specs "tags.cncf.io/container-device-interface/specs-go"
 
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
 
-// The app runs in-process: app.New().Run with buffers for its output, as
-// main would run it with os.Stdout and os.Stderr. An error from Run is
-// what makes main exit 1.
+// The app runs in-process through app.Main, as main runs it, with
+// buffers for its output; code is the exit status main would return.
 
 type result struct {
 	stdout, stderr string
-	err            error
+	code           int
+	err            error // non-nil when code is not 0, holding stderr
 }
 
 func run(t *testing.T, args ...string) result {
 	t.Helper()
-	a := app.New()
+	return runContext(t, context.Background(), args...)
+}
+
+func runContext(t *testing.T, ctx context.Context, args ...string) result {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
-	a.Writer, a.ErrWriter = &stdout, &stderr
-	err := a.Run(append([]string{"intel-gpu-cdi"}, args...))
-	return result{stdout.String(), stderr.String(), err}
+	code := app.Main(ctx, append([]string{"intel-gpu-cdi"}, args...), &stdout, &stderr)
+	r := result{stdout: stdout.String(), stderr: stderr.String(), code: code}
+	if code != 0 {
+		r.err = fmt.Errorf("exit %d: %s", code, strings.TrimSpace(r.stderr))
+	}
+	return r
 }
 
 func node(t *testing.T, fixtures ...func(*fakenode.Node) error) *fakenode.Node {
@@ -147,19 +155,30 @@ func TestListJSON(t *testing.T) {
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	var res discovery.Result
-	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+	var out struct {
+		Kind    string
+		Devices []struct {
+			Card      string
+			HandedOut bool
+			CDINames  []string
+		}
+		Ignored []struct{ Name, Reason string }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, r.stdout)
 	}
 	var cards []string
-	for _, d := range res.Devices {
+	for _, d := range out.Devices {
 		cards = append(cards, d.Card)
 	}
 	if want := []string{"card2", "card3", "card10"}; !slices.Equal(cards, want) {
 		t.Errorf("devices %v, want %v", cards, want)
 	}
-	if len(res.Ignored) != 2 {
-		t.Errorf("ignored %v, want simpledrm and NVIDIA", res.Ignored)
+	if len(out.Ignored) != 2 {
+		t.Errorf("ignored %v, want simpledrm and NVIDIA", out.Ignored)
+	}
+	if out.Kind != "intel.com/gpu" {
+		t.Errorf("kind %q", out.Kind)
 	}
 }
 
@@ -185,8 +204,9 @@ func TestGenerate(t *testing.T) {
 		{name: "--format json writes JSON to stdout", flags: []string{"--format", "json"}, wantJSON: true, wantNames: igpu, wantMounts: 6},
 		{name: "a .json output file is JSON", file: "intel.com-gpu.json", wantJSON: true, wantNames: igpu, wantMounts: 6},
 		{name: "a .yaml output file is YAML", file: "intel.com-gpu.yaml", wantNames: igpu, wantMounts: 6},
-		{name: "an output file without an extension is YAML", file: "spec", wantNames: igpu, wantMounts: 6},
-		{name: "--format wins over the extension", flags: []string{"--format", "yaml"}, file: "spec.json", wantNames: igpu, wantMounts: 6},
+		{name: "a --format that agrees with the extension is accepted", flags: []string{"--format", "json"}, file: "spec.json", wantJSON: true, wantNames: igpu, wantMounts: 6},
+		{name: "/dev/stdout is standard output", flags: []string{"--output", "/dev/stdout"}, wantNames: igpu, wantMounts: 6},
+		{name: "- is standard output, JSON on request", flags: []string{"--output", "-", "--format", "json"}, wantJSON: true, wantNames: igpu, wantMounts: 6},
 		{name: "-o is short for --output", flags: []string{"-o"}, file: "cdi/intel.com-gpu.yaml", wantNames: igpu, wantMounts: 6},
 		{name: "--by-path none leaves the by-path mounts out", flags: []string{"--by-path", "none"}, wantNames: igpu},
 		{name: "--vendor and --class set the kind", flags: []string{"--vendor", "example.com", "--class", "igpu"}, wantKind: "example.com/igpu", wantNames: igpu, wantMounts: 6},
@@ -275,7 +295,7 @@ func TestGenerateWithoutAReadyGPU(t *testing.T) {
 				return n.AddGPU(fakenode.GPU{Card: 1, PCI: "0000:03:00.1", PhysFn: "0000:03:00.0", Driver: "vfio-pci"})
 			}}},
 		{name: "another kind's spec is refused, not removed", existing: strings.Replace(oldSpec, "intel.com/gpu", "nvidia.com/gpu", 1),
-			wantErr: `not removing`, wantKept: true},
+			wantErr: `it holds a CDI spec of kind "nvidia.com/gpu", not "intel.com/gpu"`, wantKept: true},
 		{name: "a file that is not a CDI spec is refused, not removed", existing: "# my notes\n- one\n",
 			wantErr: `it is not a CDI spec`, wantKept: true},
 	}
@@ -302,8 +322,12 @@ func TestGenerateWithoutAReadyGPU(t *testing.T) {
 			if r.stdout != "" {
 				t.Errorf("stdout %q, want nothing", r.stdout)
 			}
-			if !strings.Contains(r.stderr, notice) {
+			// A refused --output is refused before the node is read.
+			if tt.wantErr == "" && !strings.Contains(r.stderr, notice) {
 				t.Errorf("stderr %q lacks %q", r.stderr, notice)
+			}
+			if tt.wantErr != "" && r.code != 1 {
+				t.Errorf("exit %d, want 1", r.code)
 			}
 			data, err := os.ReadFile(p)
 			switch {
@@ -320,7 +344,7 @@ func TestGenerateErrorsLeaveTheOutputAlone(t *testing.T) {
 	tests := []struct {
 		name    string
 		flags   []string
-		output  func(dir, existing string) string
+		output  func(t *testing.T, dir, existing string) string
 		wantErr string
 	}{
 		{name: "an unknown --format", flags: []string{"--format", "toml"}, wantErr: `invalid spec format "toml"`},
@@ -330,11 +354,15 @@ func TestGenerateErrorsLeaveTheOutputAlone(t *testing.T) {
 		{name: "an unknown --log-level", flags: []string{"--log-level", "loud"}, wantErr: `invalid level "loud"`},
 		{name: "an unknown --log-format", flags: []string{"--log-format", "xml"}, wantErr: `invalid format "xml"`},
 		{name: "an output below a regular file cannot be written",
-			output:  func(_, existing string) string { return filepath.Join(existing, "intel.com-gpu.yaml") },
+			output:  func(_ *testing.T, _, existing string) string { return filepath.Join(existing, "intel.com-gpu.yaml") },
 			wantErr: "not a directory"},
 		{name: "an output that is a directory cannot be replaced",
-			output:  func(dir, _ string) string { return dir },
-			wantErr: "writing CDI spec"},
+			output: func(t *testing.T, dir, _ string) string {
+				p := filepath.Join(dir, "taken.yaml")
+				must(t, os.Mkdir(p, 0o755))
+				return p
+			},
+			wantErr: "it is a directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" fails and changes no file", func(t *testing.T) {
@@ -346,7 +374,7 @@ func TestGenerateErrorsLeaveTheOutputAlone(t *testing.T) {
 			}
 			out := existing
 			if tt.output != nil {
-				out = tt.output(dir, existing)
+				out = tt.output(t, dir, existing)
 			}
 			r := run(t, args([]string{"generate"}, roots(n), tt.flags, []string{"--output", out})...)
 			if r.err == nil || !strings.Contains(r.err.Error(), tt.wantErr) {
@@ -358,8 +386,15 @@ func TestGenerateErrorsLeaveTheOutputAlone(t *testing.T) {
 			if fi, _ := os.Stat(existing); fi.Mode().Perm() != 0o600 {
 				t.Errorf("the existing spec's mode changed to %v", fi.Mode())
 			}
-			if entries, _ := os.ReadDir(dir); len(entries) != 1 {
-				t.Errorf("the directory holds %d entries, want only the existing spec", len(entries))
+			if r.code != 1 {
+				t.Errorf("exit %d, want 1 (a bad value, not a usage error)", r.code)
+			}
+			if r.stdout != "" {
+				t.Errorf("stdout %q, want nothing", r.stdout)
+			}
+			entries, _ := os.ReadDir(dir)
+			if want := 1 + btoi(tt.output != nil && strings.HasSuffix(out, "taken.yaml")); len(entries) != want {
+				t.Errorf("the directory holds %d entries, want %d", len(entries), want)
 			}
 		})
 	}
@@ -522,21 +557,9 @@ func TestVersionPrintsTheBuildVersion(t *testing.T) {
 	}
 }
 
-func TestCompletion(t *testing.T) {
-	tests := []struct {
-		name, shell, want string
-		wantErr           bool
-	}{
-		{name: "bash gets a complete command", shell: "bash", want: "complete -o bashdefault"},
-		{name: "zsh gets a compdef", shell: "zsh", want: "compdef _intel_gpu_cdi"},
-		{name: "another shell is an error", shell: "fish", wantErr: true},
+func btoi(b bool) int {
+	if b {
+		return 1
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := run(t, "completion", tt.shell)
-			if (r.err != nil) != tt.wantErr || !strings.Contains(r.stdout, tt.want) {
-				t.Errorf("completion %s = %q, %v", tt.shell, r.stdout, r.err)
-			}
-		})
-	}
+	return 0
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -11,31 +12,41 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
 )
+
+// list's output formats, for --format's check and completion.
+var listFormats = []string{"table", "json"}
 
 func listCommand() *cli.Command {
 	var (
-		common commonConfig
-		format string
+		common  commonConfig
+		specCfg specConfig
+		format  string
 	)
 	return &cli.Command{
 		Name:  "list",
-		Usage: "list every Intel GPU of this node, ready or not",
-		Flags: append(common.flags(),
+		Usage: "list every Intel GPU of this node, ready or not, with the CDI names to ask for",
+		Flags: append(append(common.flags(), specCfg.kindFlags()...),
 			&cli.StringFlag{Name: "format", Value: "table", Usage: "table or json", EnvVars: env("list-format"), Destination: &format},
 		),
 		Action: func(c *cli.Context) error {
-			if format != "table" && format != "json" {
-				return fmt.Errorf("--format: invalid list format %q: want table or json", format)
+			if !slices.Contains(listFormats, format) {
+				return fmt.Errorf("--format: invalid list format %q: want %s", format, strings.Join(listFormats, " or "))
 			}
 			log, err := common.logger(c.App.ErrWriter)
 			if err != nil {
 				return err
 			}
-			if err := common.checkRoots(); err != nil {
+			b, err := spec.NewBuilder(spec.WithVendor(specCfg.Vendor), spec.WithClass(specCfg.Class))
+			if err != nil {
+				return fmt.Errorf("--vendor/--class: %w", err)
+			}
+			scanner, err := common.nodeScanner()
+			if err != nil {
 				return err
 			}
-			res, err := common.scanner().Scan()
+			res, err := scanner.Scan()
 			if err != nil {
 				return err
 			}
@@ -45,23 +56,40 @@ func listCommand() *cli.Command {
 			if format == "json" {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
-				return enc.Encode(res)
+				return enc.Encode(newListOutput(res, b))
 			}
-			return writeTable(c.App.Writer, res)
+			return writeTable(c.App.Writer, res, b)
 		},
 	}
 }
 
+// cdiNames returns the fully qualified names a GPU is handed out by, the
+// values of podman's --device; none when it is not handed out.
+func cdiNames(d *discovery.Device, b *spec.Builder) []string {
+	names := []string{}
+	if !d.Usable() {
+		return names
+	}
+	for _, n := range spec.Names(d) {
+		names = append(names, b.QualifiedName(n))
+	}
+	return names
+}
+
 // writeTable prints one row per GPU and, below, the cards that could not
-// be read, so a person sees at once what is handed out and what is not.
-func writeTable(w io.Writer, res *discovery.Result) error {
+// be read, so a person sees at once what is handed out, under which names,
+// and what is not.
+func writeTable(w io.Writer, res *discovery.Result, b *spec.Builder) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tPCI ADDRESS\tDEVICE ID\tDRIVER\tNUMA\tSR-IOV\tNODES\tSTATUS")
+	fmt.Fprintln(tw, "NAME\tPCI ADDRESS\tDEVICE ID\tDRIVER\tNUMA\tSR-IOV\tNODES\tCDI NAMES\tSTATUS")
+	ready := 0
 	for i := range res.Devices {
 		d := &res.Devices[i]
 		status := "ready"
 		if !d.Usable() {
 			status = "not handed out: " + d.Reason
+		} else {
+			ready++
 		}
 		numa := "-"
 		if d.NUMANode >= 0 {
@@ -71,14 +99,23 @@ func writeTable(w io.Writer, res *discovery.Result) error {
 		if driver == "" {
 			driver = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			d.Card, d.PCIAddress, d.DeviceID, driver, numa, sriovText(d.SRIOV), nodesText(d), status)
+		names := strings.Join(cdiNames(d, b), " ")
+		if names == "" {
+			names = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			d.Card, d.PCIAddress, d.DeviceID, driver, numa, sriovText(d.SRIOV), nodesText(d), names, status)
 	}
 	if len(res.Devices) == 0 {
 		fmt.Fprintln(tw, "(no Intel GPU found)")
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if ready > 0 {
+		if _, err := fmt.Fprintf(w, "%s: every ready GPU above\n", b.QualifiedName(spec.AllDevice)); err != nil {
+			return err
+		}
 	}
 	for _, s := range res.Skipped {
 		if _, err := fmt.Fprintf(w, "skipped %s\n", s); err != nil {

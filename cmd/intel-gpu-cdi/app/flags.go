@@ -1,0 +1,134 @@
+package app
+
+import (
+	"flag"
+	"os"
+
+	"github.com/urfave/cli/v2"
+)
+
+// conventions makes every command of a follow the same rules, whoever
+// wrote its flags:
+//   - an empty environment variable is no setting at all (urfave/cli
+//     would take "" as the value of a string flag);
+//   - a common flag (--log-level, --sysfs-root, ...) may come before the
+//     command or after it; after it wins, and either wins over the
+//     environment;
+//   - usage errors are returned, not printed with the help on stdout;
+//   - a command takes no arguments unless it says so.
+func conventions(a *cli.App) {
+	globals := map[string]cli.Flag{}
+	for i, f := range a.Flags {
+		a.Flags[i] = envAware(f, nil)
+		globals[f.Names()[0]] = a.Flags[i]
+	}
+	for _, c := range a.Commands {
+		for i, f := range c.Flags {
+			c.Flags[i] = envAware(f, globals[f.Names()[0]])
+		}
+		c.OnUsageError = onUsageError
+		// `generate help` is an unexpected argument, not a help topic.
+		c.HideHelpCommand = true
+		if c.ArgsUsage == "" && c.Action != nil {
+			c.Action = noArgs(c.Action)
+		}
+	}
+}
+
+func noArgs(action cli.ActionFunc) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if c.Args().Present() {
+			return usageErrorf(c, "unexpected argument %q: %s takes only flags", c.Args().First(), c.Command.Name)
+		}
+		return action(c)
+	}
+}
+
+// envAware wraps a flag so that it ignores an empty environment variable
+// and, when parent is the same flag given before the command, starts from
+// the value parent ended with instead of its own default and variable.
+func envAware(f cli.Flag, parent cli.Flag) cli.Flag {
+	switch f := f.(type) {
+	case *cli.StringFlag:
+		w := &stringFlag{StringFlag: f}
+		if p, ok := parent.(*stringFlag); ok && p.Destination != nil {
+			w.parent = p.Destination
+		}
+		return w
+	case *cli.BoolFlag:
+		w := &boolFlag{BoolFlag: f}
+		if p, ok := parent.(*boolFlag); ok && p.Destination != nil {
+			w.parent = p.Destination
+		}
+		return w
+	case *cli.IntFlag:
+		return &intFlag{IntFlag: f}
+	case *cli.DurationFlag:
+		return &durationFlag{DurationFlag: f}
+	}
+	return f
+}
+
+type stringFlag struct {
+	*cli.StringFlag
+	parent *string
+}
+
+func (f *stringFlag) Apply(set *flag.FlagSet) error {
+	if f.parent != nil {
+		keepDefaultText(&f.DefaultText, f.GetDefaultText())
+		f.Value = *f.parent
+	}
+	return withEnv(&f.EnvVars, f.parent != nil, func() error { return f.StringFlag.Apply(set) })
+}
+
+type boolFlag struct {
+	*cli.BoolFlag
+	parent *bool
+}
+
+func (f *boolFlag) Apply(set *flag.FlagSet) error {
+	if f.parent != nil {
+		keepDefaultText(&f.DefaultText, f.GetDefaultText())
+		f.Value = *f.parent
+	}
+	return withEnv(&f.EnvVars, f.parent != nil, func() error { return f.BoolFlag.Apply(set) })
+}
+
+type intFlag struct{ *cli.IntFlag }
+
+func (f *intFlag) Apply(set *flag.FlagSet) error {
+	return withEnv(&f.EnvVars, false, func() error { return f.IntFlag.Apply(set) })
+}
+
+type durationFlag struct{ *cli.DurationFlag }
+
+func (f *durationFlag) Apply(set *flag.FlagSet) error {
+	return withEnv(&f.EnvVars, false, func() error { return f.DurationFlag.Apply(set) })
+}
+
+// keepDefaultText pins the default the help shows before the value is
+// replaced by the parent's: the help must show the real default.
+func keepDefaultText(text *string, def string) {
+	if *text == "" {
+		*text = def
+	}
+}
+
+// withEnv runs apply with only the variables of envs that are set and not
+// empty, or with none (inherited: the parent flag has read them already),
+// and restores envs after, so that the help still lists them.
+func withEnv(envs *[]string, none bool, apply func() error) error {
+	all := *envs
+	var set []string
+	if !none {
+		for _, e := range all {
+			if os.Getenv(e) != "" {
+				set = append(set, e)
+			}
+		}
+	}
+	*envs = set
+	defer func() { *envs = all }()
+	return apply()
+}
