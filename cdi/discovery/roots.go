@@ -16,6 +16,11 @@ import (
 // to act as if the node had none.
 var ErrNoDRMClass = errors.New("no class/drm directory: no DRM driver is loaded, or this is not the host's sysfs")
 
+// ErrNoDRI is matched (errors.Is) by a dev root without dri/ while sysfs
+// lists Intel GPUs: a wrong --dev-root, or the moment between a driver
+// loading and the kernel making its nodes.
+var ErrNoDRI = errors.New("has no usable dri/")
+
 // Roots named in a RootError.
 const (
 	RootSysfs = "sysfs"
@@ -71,7 +76,7 @@ func (s *Scanner) CheckRoots() error {
 	}
 	if err := isDir(s.DRIDir()); err != nil {
 		if cards := s.intelCards(); len(cards) > 0 {
-			return devErr(fmt.Errorf("has no usable dri/ (%v), but %s lists Intel GPU %s", err, s.ClassDRMDir(), strings.Join(cards, ", ")))
+			return devErr(fmt.Errorf("%w (%v), but %s lists Intel GPU %s", ErrNoDRI, err, s.ClassDRMDir(), strings.Join(cards, ", ")))
 		}
 	}
 	return nil

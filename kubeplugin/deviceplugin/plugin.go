@@ -130,8 +130,11 @@ func (p *Plugin) Run(ctx context.Context) error {
 			switch {
 			case ev.Name == dir && ev.Has(fsnotify.Create):
 				_ = w.Add(dir)
-				// kubelet.sock may have come with the directory.
-				p.kubeletRestarted(ctx, restarts)
+				// The kubelet serves once it made kubelet.sock, which may
+				// have come before the watch did.
+				if _, err := os.Stat(filepath.Join(dir, KubeletSocket)); err == nil {
+					p.kubeletRestarted(ctx, restarts)
+				}
 			case ev.Name == dir:
 				_ = w.Remove(dir)
 			case ev.Name == filepath.Join(dir, KubeletSocket) && ev.Has(fsnotify.Create):

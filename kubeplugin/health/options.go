@@ -51,6 +51,15 @@ var sourceNames = []struct {
 	{SourceGone, "gone"},
 }
 
+// SourceNames lists the name of every source, as ParseSources reads them.
+func SourceNames() []string {
+	out := make([]string, len(sourceNames))
+	for i, n := range sourceNames {
+		out[i] = n.name
+	}
+	return out
+}
+
 // String names the set as ParseSources reads it: "uevent,wedge", "none".
 func (s Source) String() string {
 	var names []string

@@ -140,6 +140,11 @@ func (n *Node) Run(ctx context.Context) error {
 		log.Info("removed leftover temporary specs", "dir", n.cfg.CDISpecDir, "count", k)
 	}
 	n.removeOtherEncoding()
+	// The spec is replaced by renaming over it: whatever holds its path
+	// must be a spec of ours, or nothing.
+	if _, err := spec.CheckOwner(n.specPath, n.cfg.Builder.Kind()); err != nil {
+		return fmt.Errorf("CDI spec: %w", err)
+	}
 
 	w, err := newDevWatch(n.cfg.Scanner.DevRoot(), log)
 	if err != nil {
@@ -335,6 +340,10 @@ func (n *Node) writeSpec(devs []discovery.Device) (bool, error) {
 			return false, nil
 		}
 	}
+	if err := n.stillOurs(); err != nil {
+		obs.SpecWrite(err)
+		return false, err
+	}
 	err = spec.WriteEncoded(n.specPath, data)
 	obs.SpecWrite(err)
 	if err != nil {
@@ -342,6 +351,17 @@ func (n *Node) writeSpec(devs []discovery.Device) (bool, error) {
 	}
 	n.written = data
 	return true, nil
+}
+
+// stillOurs checks, cheaply, that nothing but a regular file took the
+// spec's path since the start-up check (which read it whole).
+func (n *Node) stillOurs() error {
+	fi, err := os.Lstat(n.specPath)
+	if err != nil || fi.Mode().IsRegular() {
+		return nil
+	}
+	_, err = spec.CheckOwner(n.specPath, n.cfg.Builder.Kind())
+	return err
 }
 
 // removeOtherEncoding removes our own spec written under the other

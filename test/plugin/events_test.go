@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -210,4 +211,41 @@ func TestHotplugAddsTheSpecBeforeTheListAndRemovesTheListBeforeTheSpec(t *testin
 		spec, err := cdiapi.ReadSpec(w.path, 0)
 		return err == nil && spec.GetDevice(added) == nil
 	}, waitFor, 5*time.Millisecond, "the removed GPU leaves the spec after the list")
+}
+
+// TestThePluginRefusesASpecPathHoldingSomethingElse: the plugin replaces
+// its spec by renaming over it, so a spec path that holds a FIFO, a
+// directory, a link or another owner's spec stops start-up, naming the
+// path, and is left as it was.
+func TestThePluginRefusesASpecPathHoldingSomethingElse(t *testing.T) {
+	for _, tc := range []struct {
+		name, says string
+		make       func(path string) error
+	}{
+		{"a FIFO", "named pipe", func(p string) error { return syscall.Mkfifo(p, 0o644) }},
+		{"a directory", "is a directory", func(p string) error { return os.Mkdir(p, 0o755) }},
+		{"a symbolic link", "symbolic link", func(p string) error { return os.Symlink("/etc/hostname", p) }},
+		{"another kind's spec", `kind "nvidia.com/gpu"`, func(p string) error {
+			return os.WriteFile(p, []byte(`{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"0","containerEdits":{"env":["A=1"]}}]}`), 0o644)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := fakenode.NewT(t)
+			n.MustApply(t, fakenode.IGPU)
+			dir := t.TempDir()
+			path := filepath.Join(dir, "intel.com-gpu.json")
+			require.NoError(t, tc.make(path))
+			before, err := os.Lstat(path)
+			require.NoError(t, err)
+			p, err := plugintest.New(plugintest.WithScanner(scannerOf(n)), plugintest.WithCDISpecDir(dir), plugintest.WithKubeletSocketDir(shortTempDir(t)))
+			require.NoError(t, err)
+			err = p.Run(ctxWithin(t, waitFor))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), path)
+			assert.Contains(t, err.Error(), tc.says)
+			after, err := os.Lstat(path)
+			require.NoError(t, err)
+			assert.True(t, os.SameFile(before, after) && before.Mode() == after.Mode(), "the path was left as it was")
+		})
+	}
 }

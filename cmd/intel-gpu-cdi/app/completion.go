@@ -6,9 +6,9 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 	"github.com/urfave/cli/v2"
-
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
 )
 
 // completeCommandName is the hidden command the shell scripts call:
@@ -75,17 +75,27 @@ func flagChoices() map[string][]string {
 		"--device-list-strategy": deviceListStrategies,
 		"--log-level":            logLevels,
 		"--log-format":           logFormats,
+		"--health-sources":       healthSources,
 	}
 }
 
 // The plugin's fixed sets, as kubeplugin spells them.
 var (
-	allocationPolicies   = []string{string(kubeplugin.PolicyNone), string(kubeplugin.PolicyBalanced), string(kubeplugin.PolicyPacked)}
-	deviceListStrategies = []string{string(kubeplugin.StrategyCDICRI), string(kubeplugin.StrategyCDIAnnotations), string(kubeplugin.StrategyDeviceSpecs)}
+	allocationPolicies   = names(deviceplugin.Policies)
+	deviceListStrategies = names(deviceplugin.AllStrategies)
+	healthSources        = append(health.SourceNames(), "all", "none")
 )
 
+func names[S ~string](values []S) []string {
+	out := make([]string, len(values))
+	for i, v := range values {
+		out[i] = string(v)
+	}
+	return out
+}
+
 // commaLists take several of their values, separated by commas.
-var commaLists = map[string]bool{"--device-list-strategy": true}
+var commaLists = map[string]bool{"--device-list-strategy": true, "--health-sources": true}
 
 func choicesFor(command, flag string) []string {
 	choices := flagChoices()

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/httpserver"
@@ -111,12 +113,30 @@ func pluginCommand() *cli.Command {
 			if err := common.checkRoots(); err != nil {
 				return err
 			}
+			if err := waitableRoots(common.scanner(), log); err != nil {
+				return err
+			}
 			if err := cfg.complete(&common, &specCfg, log); err != nil {
 				return err
 			}
 			return cfg.run(c.Context, log)
 		},
 	}
+}
+
+// waitableRoots refuses roots that are not a node, as list and generate
+// do, but lets the plugin start on a node whose GPU driver has not made
+// class/drm or /dev/dri yet: it watches for them and serves when they come.
+func waitableRoots(s *discovery.Scanner, log *slog.Logger) error {
+	err := s.CheckRoots()
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, discovery.ErrNoDRMClass), errors.Is(err, discovery.ErrNoDRI):
+		log.Warn("no GPU to serve yet; waiting for the driver", "reason", rootFlagError(err).Error())
+		return nil
+	}
+	return rootFlagError(err)
 }
 
 // complete parses the flags that need it and checks both configurations,
