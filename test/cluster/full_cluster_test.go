@@ -147,6 +147,33 @@ func TestFullCluster(t *testing.T) {
 		requireDriver(t, got, 1, "i915")
 	})
 
+	t.Run("recursiveReadOnly Enabled works here: a pod cannot write a host cgroup through a read-only hostPath of /sys", func(t *testing.T) {
+		// The DaemonSet above already mounts /dev/dri (and the fake sysfs)
+		// with Enabled and runs; this shows the mode does what it says.
+		p := newSysfsProbe(t)
+		manifest, err := rig.ClusterScriptPod("rro", p.script("9"), p.volume("Enabled"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := kubectlStdin(ctx, r, manifest, "create", "-f", "-"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		run, err := r.WaitPodRunning(ctx, "rro", 120*time.Second, nil)
+		if err != nil {
+			out, _ := r.Kubectl(ctx, "describe", "pod", "rro")
+			t.Fatalf("%v\n%s", err, out)
+		}
+		out := strings.Join(section(run.Logs, "write"), " ")
+		t.Logf("container: %q", out)
+		if got := p.read(); got != p.original {
+			t.Errorf("host %s = %s, want %s untouched", p.target, got, p.original)
+			p.reset()
+		}
+		if !strings.Contains(out, "Read-only file system") {
+			t.Errorf("the write gave %q, want Read-only file system", out)
+		}
+	})
+
 	t.Run("a pod asking for more GPUs than any node has stays Pending as unschedulable", func(t *testing.T) {
 		manifest, err := rig.ClusterGPUPod("unschedulable", map[string]int{i915: 4})
 		if err != nil {
@@ -295,16 +322,20 @@ func renderDaemonSet(ctx context.Context, t *testing.T, r *rig.Rig, node *fakeno
 	return path
 }
 
-// pointAtFakeNode rewrites the DaemonSet's node paths: sysfs and /dev/dri
-// come from the fake node (mounted at the same paths inside), the CDI spec
-// goes where the rig's containerd reads.
+// pointAtFakeNode rewrites the DaemonSet's node paths: /dev/dri comes from
+// the fake node (mounted at the same path inside), the CDI spec goes where
+// the rig's containerd reads. The base mounts no sysfs (the plugin reads the
+// container's own /sys, which here has no GPU), so the fake node's sysfs is
+// added, read-only as the base mounts /dev/dri.
 func pointAtFakeNode(ds map[string]any, node *fakenode.Node, cdiDir string) error {
 	podSpec, _ := dig(ds, "spec", "template", "spec").(map[string]any)
 	if podSpec == nil {
 		return errors.New("DaemonSet has no pod template")
 	}
-	hostPaths := map[string]string{"sysfs": node.Sys, "dev-dri": filepath.Join(node.Dev, "dri"), "cdi-specs": cdiDir}
-	mountPaths := map[string]string{"sysfs": node.Sys, "dev-dri": filepath.Join(node.Dev, "dri")}
+	podSpec["volumes"] = append(podSpec["volumes"].([]any),
+		map[string]any{"name": "fake-sysfs", "hostPath": map[string]any{"path": node.Sys, "type": "Directory"}})
+	hostPaths := map[string]string{"dev-dri": filepath.Join(node.Dev, "dri"), "cdi-specs": cdiDir}
+	mountPaths := map[string]string{"dev-dri": filepath.Join(node.Dev, "dri")}
 	env := map[string]string{"INTEL_GPU_CDI_SYSFS_ROOT": node.Sys, "INTEL_GPU_CDI_DEV_ROOT": node.Dev, "INTEL_GPU_CDI_LOG_LEVEL": "debug"}
 	found := 0
 	for _, v := range asList(podSpec["volumes"]) {
@@ -317,6 +348,8 @@ func pointAtFakeNode(ds map[string]any, node *fakenode.Node, cdiDir string) erro
 		return fmt.Errorf("DaemonSet volumes: found %d of %v", found, hostPaths)
 	}
 	for _, c := range asList(podSpec["containers"]) {
+		c["volumeMounts"] = append(c["volumeMounts"].([]any),
+			map[string]any{"name": "fake-sysfs", "mountPath": node.Sys, "readOnly": true, "recursiveReadOnly": "Enabled"})
 		for _, m := range asList(c["volumeMounts"]) {
 			if p, ok := mountPaths[fmt.Sprint(m["name"])]; ok {
 				m["mountPath"] = p
