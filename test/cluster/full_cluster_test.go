@@ -116,6 +116,23 @@ func TestFullCluster(t *testing.T) {
 		t.Logf("DaemonSet applied -> node allocatable shows 3 i915 and 1 xe in %s", time.Since(deployed).Round(time.Millisecond))
 	})
 
+	// The probes need the plugin's --probe-address (INTEL_GPU_CDI_PROBE_ADDRESS,
+	// set by the base): a binary without it never turns Ready.
+	t.Run("the DaemonSet's pod turns Ready through /readyz and its liveness probe never restarts it", func(t *testing.T) {
+		selector := "app.kubernetes.io/name=intel-gpu-cdi"
+		if out, err := r.Kubectl(ctx, "-n", "kube-system", "wait", "--for=condition=Ready", "pod", "-l", selector, "--timeout=60s"); err != nil {
+			desc, _ := r.Kubectl(ctx, "-n", "kube-system", "describe", "pod", "-l", selector)
+			t.Fatalf("%v\n%s\n%s", err, out, desc)
+		}
+		out, err := r.Kubectl(ctx, "-n", "kube-system", "get", "pod", "-l", selector, "-o", "jsonpath={.items[*].status.containerStatuses[*].restartCount}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(out)); got != "0" {
+			t.Errorf("restart count %q, want 0", got)
+		}
+	})
+
 	t.Run("a pod scheduled by the scheduler gets exactly one i915 GPU", func(t *testing.T) {
 		manifest, err := rig.ClusterGPUPod("scheduled", map[string]int{i915: 1})
 		if err != nil {
