@@ -169,7 +169,7 @@ func TestFullCluster(t *testing.T) {
 		// The DaemonSet above already mounts /dev/dri (and the fake sysfs)
 		// with Enabled and runs; this shows the mode does what it says.
 		p := newSysfsProbe(t)
-		manifest, err := rig.ClusterScriptPod("rro", p.script("9"), p.volume("Enabled"))
+		manifest, err := rig.ClusterScriptPod("rro", p.script("/sys", "9"), p.volume("/sys", "Enabled"))
 		if err != nil {
 			t.Fatal(err)
 		}

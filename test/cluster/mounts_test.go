@@ -166,8 +166,9 @@ func probeCgroup(t *testing.T) (dir, file string) {
 }
 
 // sysfsProbe is a host cgroup file a container may try to rewrite through a
-// read-only hostPath of /sys mounted at /host/sys: the mount the chart
-// rendered for sysfsRoot=/host/sys before the mount was removed.
+// read-only hostPath of the host's /sys: mounted at /sys, as the DaemonSet
+// did before the mount was removed, or at /host/sys, as the chart did for
+// sysfsRoot=/host/sys.
 type sysfsProbe struct {
 	t        *testing.T
 	target   string // on the host
@@ -189,14 +190,15 @@ func (p *sysfsProbe) read() string {
 	return strings.TrimSpace(string(raw))
 }
 
-// script is what the container runs: write value, through the mount.
-func (p *sysfsProbe) script(value string) string {
-	inContainer := filepath.Join("/host/sys", strings.TrimPrefix(p.target, "/sys/"))
+// script is what the container runs: write value, through the host's /sys
+// mounted at mountPath.
+func (p *sysfsProbe) script(mountPath, value string) string {
+	inContainer := filepath.Join(mountPath, strings.TrimPrefix(p.target, "/sys/"))
 	return fmt.Sprintf(`echo "--- write"; if echo %s > %s; then echo wrote; fi 2>&1`, value, inContainer)
 }
 
-func (p *sysfsProbe) volume(rro string) rig.HostVolume {
-	return rig.HostVolume{Name: "sys", HostPath: "/sys", MountPath: "/host/sys", ReadOnly: true, RecursiveReadOnly: rro}
+func (p *sysfsProbe) volume(mountPath, rro string) rig.HostVolume {
+	return rig.HostVolume{Name: "sys", HostPath: "/sys", MountPath: mountPath, ReadOnly: true, RecursiveReadOnly: rro}
 }
 
 // reset puts the original value back after a write went through.
@@ -214,18 +216,21 @@ func (p *sysfsProbe) reset() {
 func (s *suite) recursiveReadOnly(ctx context.Context, t *testing.T) {
 	p := newSysfsProbe(t)
 
-	t.Run("readOnly alone: the container rewrites a host cgroup", func(t *testing.T) {
-		logs := s.runScript(ctx, t, "sys-ro", p.script("7"), p.volume(""))
-		got := p.read()
-		t.Logf("container: %q; host %s is now %s (was %s)", section(logs, "write"), p.target, got, p.original)
-		if got != "7" {
-			t.Errorf("host %s = %s: the non-recursive mount did not let the write through, so this rig cannot show what recursiveReadOnly prevents", p.target, got)
-		}
-		p.reset()
-	})
+	for i, at := range []string{"/sys", "/host/sys"} {
+		t.Run("readOnly alone, at "+at+": the container rewrites a host cgroup", func(t *testing.T) {
+			value := fmt.Sprint(6 + i)
+			logs := s.runScript(ctx, t, fmt.Sprintf("sys-ro-%d", i), p.script(at, value), p.volume(at, ""))
+			got := p.read()
+			t.Logf("container: %q; host %s is now %s (was %s)", section(logs, "write"), p.target, got, p.original)
+			if got != value {
+				t.Errorf("host %s = %s: the non-recursive mount did not let the write through, so this rig cannot show what recursiveReadOnly prevents", p.target, got)
+			}
+			p.reset()
+		})
+	}
 
 	t.Run("IfPossible where unsupported: silently non-recursive, the write goes through", func(t *testing.T) {
-		logs := s.runScript(ctx, t, "sys-rro-ifpossible", p.script("8"), p.volume("IfPossible"))
+		logs := s.runScript(ctx, t, "sys-rro-ifpossible", p.script("/sys", "8"), p.volume("/sys", "IfPossible"))
 		got := p.read()
 		t.Logf("container: %q; host %s is now %s", section(logs, "write"), p.target, got)
 		if got != "8" {
@@ -235,7 +240,7 @@ func (s *suite) recursiveReadOnly(ctx context.Context, t *testing.T) {
 	})
 
 	t.Run("Enabled where unsupported: the container is never created", func(t *testing.T) {
-		manifest, err := rig.ScriptPod("sys-rro-enabled", p.script("9"), p.volume("Enabled"))
+		manifest, err := rig.ScriptPod("sys-rro-enabled", p.script("/sys", "9"), p.volume("/sys", "Enabled"))
 		if err != nil {
 			t.Fatal(err)
 		}
