@@ -257,7 +257,7 @@ func checkAgent(t *testing.T, ds *appsv1.DaemonSet, want agentExpectations) {
 		}
 		nonRoot := want.User != 0
 		if sc.RunAsNonRoot == nil || *sc.RunAsNonRoot != nonRoot {
-			t.Errorf("runAsNonRoot = %v, want %v: the kubelet then refuses to start the pod as root by mistake", ptrText(sc.RunAsNonRoot), nonRoot)
+			t.Errorf("runAsNonRoot = %v, want %v set explicitly", ptrText(sc.RunAsNonRoot), nonRoot)
 		}
 		got := ""
 		if sc.SELinuxOptions != nil {

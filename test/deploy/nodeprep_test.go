@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -74,7 +75,7 @@ func TestNodePreparationMatchesTheManifests(t *testing.T) {
 			t.Errorf("line type %q for %s: the file only creates directories and adds ACL entries", l.Type, l.Path)
 		}
 	}
-	if !mapsEqual(got, want) {
+	if !maps.Equal(got, want) {
 		t.Errorf("ACL lines %v, want %v", got, want)
 	}
 
@@ -110,18 +111,6 @@ func TestNodePreparationMatchesTheManifests(t *testing.T) {
 			t.Errorf("nonRoot.runAsGroup = %s, want %d", got, nonRootID)
 		}
 	})
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // asPluginEnv makes the test binary act as the non-root plugin (see

@@ -57,9 +57,12 @@ type agentPolicy struct {
 // probeEnv is the variable that turns the plugin's probe server on.
 const probeEnv = "INTEL_GPU_CDI_PROBE_ADDRESS"
 
-// pinnedTag is a version tag (1.2.3, v1.2.3, 1.2.3-rc.1); digests are
-// checked apart.
-var pinnedTag = regexp.MustCompile(`^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$`)
+// pinnedTag is a version tag (1.2.3, v1.2.3, 1.2.3-rc.1), and imageDigest
+// what follows the @ of a reference by digest.
+var (
+	pinnedTag   = regexp.MustCompile(`^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$`)
+	imageDigest = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+)
 
 // violations returns every way spec breaks the rule under p, each naming the
 // field at fault. An empty result means the pod may ship.
@@ -148,7 +151,7 @@ func violations(spec corev1.PodSpec, p agentPolicy) []string {
 // another build than its neighbours.
 func checkImage(field, image string, bad func(string, ...any)) {
 	if _, digest, ok := strings.Cut(image, "@"); ok {
-		if !regexp.MustCompile(`^sha256:[0-9a-f]{64}$`).MatchString(digest) {
+		if !imageDigest.MatchString(digest) {
 			bad("%s: image %q has a malformed digest", field, image)
 		}
 		return
