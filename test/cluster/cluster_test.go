@@ -17,6 +17,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,8 +41,10 @@ var nodeGPUs = []fakenode.GPU{
 
 // suite is the state the ordered steps share.
 type suite struct {
-	r       *rig.Rig
-	binary  string
+	r      *rig.Rig
+	binary string
+	// cred is the user the plugin runs as; nil is the rig's (root).
+	cred    *syscall.Credential
 	node    *fakenode.Node
 	gpus    []rig.NodeGPU
 	timings []timing
@@ -128,8 +131,17 @@ func teardown(t *testing.T, r *rig.Rig, logs ...string) {
 
 func (s *suite) setUp(ctx context.Context, t *testing.T) {
 	t.Helper()
-	r := s.r
 	start := time.Now()
+	s.setUpNode(ctx, t)
+	s.startPlugin(ctx, t, 1)
+	t.Logf("rig up in %s: containerd, images, kubelet, plugin registered", time.Since(start).Round(time.Millisecond))
+}
+
+// setUpNode starts containerd with the images, lays out the fake node and
+// starts the kubelet: everything but the plugin.
+func (s *suite) setUpNode(ctx context.Context, t *testing.T) {
+	t.Helper()
+	r := s.r
 	if err := r.StartContainerd(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -157,8 +169,6 @@ func (s *suite) setUp(ctx context.Context, t *testing.T) {
 	if err := r.StartKubelet(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s.startPlugin(ctx, t, 1)
-	t.Logf("rig up in %s: containerd, images, kubelet, plugin registered", time.Since(start).Round(time.Millisecond))
 }
 
 // images builds the pause and busybox images as OCI archives.
@@ -225,14 +235,8 @@ func (s *suite) pluginAlive() bool { p := s.r.Plugin(); return p != nil && !p.Ex
 // offers all its devices.
 func (s *suite) startPlugin(ctx context.Context, t *testing.T, shared int, extra ...string) {
 	t.Helper()
-	args := append([]string{
-		"--sysfs-root", s.node.Sys,
-		"--dev-root", s.node.Dev,
-		"--shared-dev-num", fmt.Sprint(shared),
-		"--log-level", "debug",
-	}, extra...)
 	before, _ := s.r.Registrations(ctx)
-	if err := s.r.StartPlugin(s.binary, args...); err != nil {
+	if err := s.r.StartPluginAs(s.cred, s.binary, s.pluginArgs(shared, extra...)...); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.r.WaitRegistered(ctx, before, []string{i915, xe}, 30*time.Second); err != nil {
@@ -246,6 +250,16 @@ func (s *suite) startPlugin(ctx context.Context, t *testing.T, shared int, extra
 	if _, err := os.Stat(spec); err != nil {
 		t.Fatalf("the plugin registered but wrote no CDI spec: %v", err)
 	}
+}
+
+// pluginArgs are the plugin's flags on the fake node.
+func (s *suite) pluginArgs(shared int, extra ...string) []string {
+	return append([]string{
+		"--sysfs-root", s.node.Sys,
+		"--dev-root", s.node.Dev,
+		"--shared-dev-num", fmt.Sprint(shared),
+		"--log-level", "debug",
+	}, extra...)
 }
 
 func (s *suite) restartPlugin(ctx context.Context, t *testing.T, shared int, extra ...string) {

@@ -26,8 +26,9 @@ const (
 	pluginImage = "e2e.local/intel-gpu-cdi:e2e"
 	// baseImage is the image name the kustomize base deploys; the test
 	// overlay swaps it for the locally loaded one.
-	baseImage = "ghcr.io/intel-gpu-cdi/intel-gpu-cdi"
-	baseDir   = "../../deployments/kustomize/base"
+	baseImage  = "ghcr.io/intel-gpu-cdi/intel-gpu-cdi"
+	baseDir    = "../../deployments/kustomize/base"
+	nonRootDir = "../../deployments/kustomize/overlays/non-root"
 )
 
 // TestFullCluster runs etcd, kube-apiserver, kube-controller-manager,
@@ -99,7 +100,7 @@ func TestFullCluster(t *testing.T) {
 
 	t.Run("the plugin deployed from the kustomize base as a DaemonSet advertises the fake node's GPUs", func(t *testing.T) {
 		deployed := time.Now()
-		manifest := renderDaemonSet(ctx, t, r, node)
+		manifest := renderDaemonSet(ctx, t, r, node, baseDir)
 		if out, err := r.Kubectl(ctx, "apply", "-f", manifest); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
@@ -114,6 +115,23 @@ func TestFullCluster(t *testing.T) {
 			t.Fatalf("%v\n%s", err, out)
 		}
 		t.Logf("DaemonSet applied -> node allocatable shows 3 i915 and 1 xe in %s", time.Since(deployed).Round(time.Millisecond))
+	})
+
+	// The probes need the plugin's --probe-address (INTEL_GPU_CDI_PROBE_ADDRESS,
+	// set by the base): a binary without it never turns Ready.
+	t.Run("the DaemonSet's pod turns Ready through /readyz and its liveness probe never restarts it", func(t *testing.T) {
+		selector := "app.kubernetes.io/name=intel-gpu-cdi"
+		if out, err := r.Kubectl(ctx, "-n", "kube-system", "wait", "--for=condition=Ready", "pod", "-l", selector, "--timeout=60s"); err != nil {
+			desc, _ := r.Kubectl(ctx, "-n", "kube-system", "describe", "pod", "-l", selector)
+			t.Fatalf("%v\n%s\n%s", err, out, desc)
+		}
+		out, err := r.Kubectl(ctx, "-n", "kube-system", "get", "pod", "-l", selector, "-o", "jsonpath={.items[*].status.containerStatuses[*].restartCount}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(out)); got != "0" {
+			t.Errorf("restart count %q, want 0", got)
+		}
 	})
 
 	t.Run("a pod scheduled by the scheduler gets exactly one i915 GPU", func(t *testing.T) {
@@ -147,6 +165,33 @@ func TestFullCluster(t *testing.T) {
 		requireDriver(t, got, 1, "i915")
 	})
 
+	t.Run("recursiveReadOnly Enabled works here: a pod cannot write a host cgroup through a read-only hostPath of /sys", func(t *testing.T) {
+		// The DaemonSet above already mounts /dev/dri (and the fake sysfs)
+		// with Enabled and runs; this shows the mode does what it says.
+		p := newSysfsProbe(t)
+		manifest, err := rig.ClusterScriptPod("rro", p.script("/sys", "9"), p.volume("/sys", "Enabled"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := kubectlStdin(ctx, r, manifest, "create", "-f", "-"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		run, err := r.WaitPodRunning(ctx, "rro", 120*time.Second, nil)
+		if err != nil {
+			out, _ := r.Kubectl(ctx, "describe", "pod", "rro")
+			t.Fatalf("%v\n%s", err, out)
+		}
+		out := strings.Join(section(run.Logs, "write"), " ")
+		t.Logf("container: %q", out)
+		if got := p.read(); got != p.original {
+			t.Errorf("host %s = %s, want %s untouched", p.target, got, p.original)
+			p.reset()
+		}
+		if !strings.Contains(out, "Read-only file system") {
+			t.Errorf("the write gave %q, want Read-only file system", out)
+		}
+	})
+
 	t.Run("a pod asking for more GPUs than any node has stays Pending as unschedulable", func(t *testing.T) {
 		manifest, err := rig.ClusterGPUPod("unschedulable", map[string]int{i915: 4})
 		if err != nil {
@@ -167,6 +212,78 @@ func TestFullCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+
+	t.Run("the non-root overlay on a node prepared by the shipped files serves a scheduled pod one GPU", func(t *testing.T) {
+		s.nonRootDaemonSet(ctx, t, node)
+	})
+}
+
+// nonRootDaemonSet replaces the base's DaemonSet by the non-root overlay's,
+// on a node prepared as deployments/README.md says: the plugin runs in its
+// pod as the overlay's user, registers, and a scheduled pod gets a GPU.
+func (s *suite) nonRootDaemonSet(ctx context.Context, t *testing.T, node *fakenode.Node) {
+	r := s.r
+	for _, tool := range []string{"systemd-tmpfiles", "setfacl", "getfacl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			need(t, "%s is not installed (apt-get install systemd acl)", tool)
+		}
+	}
+	uid, gid := overlayUser(t)
+	for _, args := range [][]string{
+		{"delete", "pod", "--all", "--wait=true"},
+		{"-n", "kube-system", "delete", "daemonset", "intel-gpu-cdi", "--wait=true"},
+		{"-n", "kube-system", "wait", "--for=delete", "pod", "-l", "app.kubernetes.io/name=intel-gpu-cdi", "--timeout=60s"},
+	} {
+		if out, err := r.Kubectl(ctx, args...); err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+	}
+	if err := r.Host().KeepACL(rig.DevicePluginDir); err != nil {
+		t.Fatal(err)
+	}
+	prepareNode(t, r)
+	stop := startPathUnit(ctx, t, r)
+	defer stop()
+
+	before, _ := r.Registrations(ctx)
+	manifest := renderDaemonSet(ctx, t, r, node, nonRootDir)
+	if out, err := r.Kubectl(ctx, "apply", "-f", manifest); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if err := r.WaitRegistered(ctx, before, []string{i915, xe}, 120*time.Second); err != nil {
+		out, _ := r.Kubectl(ctx, "-n", "kube-system", "logs", "-l", "app.kubernetes.io/name=intel-gpu-cdi", "--tail=20")
+		t.Fatalf("the non-root DaemonSet's plugin did not register: %v\n%s", err, out)
+	}
+	spec := filepath.Join(r.CDISpecDir, "intel.com-gpu.json")
+	if owner, group := owner(t, spec); owner != uid || group != gid {
+		t.Errorf("%s is owned by %d:%d, want the overlay's %d:%d", spec, owner, group, uid, gid)
+	}
+	if err := waitNode(ctx, r, 60*time.Second, func(n nodeJSON) error {
+		if n.Status.Allocatable[i915] != "3" || n.Status.Allocatable[xe] != "1" {
+			return fmt.Errorf("node allocatable %v", n.Status.Allocatable)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	manifestPod, err := rig.ClusterGPUPod("scheduled-non-root", map[string]int{i915: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectlStdin(ctx, r, manifestPod, "create", "-f", "-"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	run, err := r.WaitPodRunning(ctx, "scheduled-non-root", 120*time.Second, nil)
+	if err != nil {
+		out, _ := r.Kubectl(ctx, "describe", "pod", "scheduled-non-root")
+		t.Fatalf("%v\n%s", err, out)
+	}
+	got, err := rig.MatchGPUs(rig.ParseListing(run.Logs), s.gpus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireDriver(t, got, 1, "i915")
+	t.Logf("the non-root plugin (%d:%d, in its pod) registered and served %s", uid, gid, got[0].PCI)
 }
 
 // prerequisites returns the binary under test and the built components, or
@@ -238,20 +355,21 @@ func pluginImageArchive(t *testing.T, dir, binary string) string {
 	return archive
 }
 
-// renderDaemonSet renders the kustomize base through an overlay that only
-// swaps the image for the local one, then points the DaemonSet's host paths
-// at the fake node and the rig's CDI directory. The fake trees are mounted
-// at their host paths, so the spec's hostPaths are right on the host too.
-func renderDaemonSet(ctx context.Context, t *testing.T, r *rig.Rig, node *fakenode.Node) string {
+// renderDaemonSet renders a kustomization of deployments/ (the base, or an
+// overlay of it) through an overlay that only swaps the image for the local
+// one, then points the DaemonSet's host paths at the fake node and the rig's
+// CDI directory. The fake trees are mounted at their host paths, so the
+// spec's hostPaths are right on the host too.
+func renderDaemonSet(ctx context.Context, t *testing.T, r *rig.Rig, node *fakenode.Node, dir string) string {
 	t.Helper()
-	base, err := filepath.Abs(baseDir)
+	base, err := filepath.Abs(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(base, "kustomization.yaml")); err != nil {
 		need(t, "kustomize base: %v", err)
 	}
-	overlay := filepath.Join(r.Dir, "overlay")
+	overlay := filepath.Join(r.Dir, "overlay-"+filepath.Base(dir))
 	if err := os.MkdirAll(overlay, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -288,23 +406,27 @@ func renderDaemonSet(ctx context.Context, t *testing.T, r *rig.Rig, node *fakeno
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(r.Dir, "deploy.json")
+	path := filepath.Join(r.Dir, "deploy-"+filepath.Base(dir)+".json")
 	if err := os.WriteFile(path, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path
 }
 
-// pointAtFakeNode rewrites the DaemonSet's node paths: sysfs and /dev/dri
-// come from the fake node (mounted at the same paths inside), the CDI spec
-// goes where the rig's containerd reads.
+// pointAtFakeNode rewrites the DaemonSet's node paths: /dev/dri comes from
+// the fake node (mounted at the same path inside), the CDI spec goes where
+// the rig's containerd reads. The base mounts no sysfs (the plugin reads the
+// container's own /sys, which here has no GPU), so the fake node's sysfs is
+// added, read-only as the base mounts /dev/dri.
 func pointAtFakeNode(ds map[string]any, node *fakenode.Node, cdiDir string) error {
 	podSpec, _ := dig(ds, "spec", "template", "spec").(map[string]any)
 	if podSpec == nil {
 		return errors.New("DaemonSet has no pod template")
 	}
-	hostPaths := map[string]string{"sysfs": node.Sys, "dev-dri": filepath.Join(node.Dev, "dri"), "cdi-specs": cdiDir}
-	mountPaths := map[string]string{"sysfs": node.Sys, "dev-dri": filepath.Join(node.Dev, "dri")}
+	podSpec["volumes"] = append(podSpec["volumes"].([]any),
+		map[string]any{"name": "fake-sysfs", "hostPath": map[string]any{"path": node.Sys, "type": "Directory"}})
+	hostPaths := map[string]string{"dev-dri": filepath.Join(node.Dev, "dri"), "cdi-specs": cdiDir}
+	mountPaths := map[string]string{"dev-dri": filepath.Join(node.Dev, "dri")}
 	env := map[string]string{"INTEL_GPU_CDI_SYSFS_ROOT": node.Sys, "INTEL_GPU_CDI_DEV_ROOT": node.Dev, "INTEL_GPU_CDI_LOG_LEVEL": "debug"}
 	found := 0
 	for _, v := range asList(podSpec["volumes"]) {
@@ -317,6 +439,8 @@ func pointAtFakeNode(ds map[string]any, node *fakenode.Node, cdiDir string) erro
 		return fmt.Errorf("DaemonSet volumes: found %d of %v", found, hostPaths)
 	}
 	for _, c := range asList(podSpec["containers"]) {
+		c["volumeMounts"] = append(c["volumeMounts"].([]any),
+			map[string]any{"name": "fake-sysfs", "mountPath": node.Sys, "readOnly": true, "recursiveReadOnly": "Enabled"})
 		for _, m := range asList(c["volumeMounts"]) {
 			if p, ok := mountPaths[fmt.Sprint(m["name"])]; ok {
 				m["mountPath"] = p

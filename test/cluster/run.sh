@@ -16,7 +16,8 @@
 #   E2E_TEST_RUN      passed to go test -run (default: the whole suite)
 #   CI                when set, anything missing fails instead of skipping
 #
-# Needs root, Go, runc and busybox-static (installed with apt-get if missing).
+# Needs root, Go, runc, busybox-static, acl and systemd-tmpfiles (installed
+# with apt-get if missing).
 # Whatever happens, the rig stops what it started and restores the host; the
 # trap below is a second line of defence for a test binary that was killed.
 set -euo pipefail
@@ -41,6 +42,8 @@ if ! command -v busybox >/dev/null || ! file -L "$(command -v busybox)" 2>/dev/n
 fi
 command -v file >/dev/null || missing+=(file)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v setfacl >/dev/null || missing+=(acl)
+command -v systemd-tmpfiles >/dev/null || missing+=(systemd)
 if ((${#missing[@]})); then
 	log "installing ${missing[*]}"
 	command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get"
@@ -158,8 +161,8 @@ log "components ready in ${build_s}s (cache $E2E_CACHE_DIR)"
 
 # ---- run -------------------------------------------------------------------
 results=${E2E_RESULTS_FILE:-$work/results.json}
-tests='TestCIMeansWhatItMeansInTheProduct|TestKubeletWithCDI'
-[[ $E2E_FULL_CLUSTER == 1 ]] && tests="$tests|TestFullCluster" 
+tests='TestCIMeansWhatItMeansInTheProduct|TestKubeletWithCDI|TestNonRootPlugin|TestHostMounts'
+[[ $E2E_FULL_CLUSTER == 1 ]] && tests="$tests|TestFullCluster"
 run_start=$(now_ms)
 set +e
 (cd "$here" && E2E_RESULTS_FILE=$results go test -tags e2e -count=1 -v -timeout 25m \

@@ -10,6 +10,7 @@ import (
 	"helm.sh/helm/v3/pkg/engine"
 	"helm.sh/helm/v3/pkg/lint"
 	"helm.sh/helm/v3/pkg/lint/support"
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -60,7 +61,6 @@ logFormat: text
 vendor: example.com
 class: igpu
 byPath: none
-sysfsRoot: /host/sys
 devRoot: /host/dev
 kubeletSocketDir: /var/lib/k0s/kubelet/device-plugins
 cdiSpecDir: /etc/cdi
@@ -71,8 +71,14 @@ enableMonitoring: true
 allowIds: ["0x56a0", "0x56a1"]
 resyncPeriod: 5m
 metrics: {enabled: true, address: "0.0.0.0:9500"}
+probes: {port: 9501}
 nfdFeaturesDir: /etc/kubernetes/node-feature-discovery/features.d
 nfd: {enabled: true}
+nonRoot: {enabled: true, runAsUser: 1234, runAsGroup: 5678}
+securityContext:
+  appArmorProfile: {type: RuntimeDefault}
+  seLinuxOptions: {type: example_device_plugin_t}
+podSecurityContext: {supplementalGroups: [4321]}
 nodeSelector: {kubernetes.io/os: linux}
 podAnnotations: {example.com/note: "yes"}
 podLabels: {team: gpu}
@@ -94,20 +100,19 @@ func TestHelmChart(t *testing.T) {
 		if img := ds.Spec.Template.Spec.Containers[0].Image; !strings.HasSuffix(img, ":0.1.0") {
 			t.Errorf("image %q does not default its tag to the appVersion", img)
 		}
-		checkAgent(t, ds, agentExpectations{
-			Mounts: defaultMounts(),
-			Env: map[string]string{
-				"INTEL_GPU_CDI_DEVICE_LIST_STRATEGY": "cdi-cri",
-				"INTEL_GPU_CDI_SHARED_DEV_NUM":       "1",
-				"INTEL_GPU_CDI_ALLOCATION_POLICY":    "none",
-				"INTEL_GPU_CDI_ENABLE_MONITORING":    "false",
-				"INTEL_GPU_CDI_RESYNC_PERIOD":        "60s",
-				"INTEL_GPU_CDI_METRICS_ADDRESS":      "",
-				"INTEL_GPU_CDI_ALLOW_IDS":            "",
-				"INTEL_GPU_CDI_DENY_IDS":             "",
-				"INTEL_GPU_CDI_NFD_FEATURES_DIR":     "",
-			},
-		})
+		want := stockAgent()
+		want.Env = map[string]string{
+			"INTEL_GPU_CDI_DEVICE_LIST_STRATEGY": "cdi-cri",
+			"INTEL_GPU_CDI_SHARED_DEV_NUM":       "1",
+			"INTEL_GPU_CDI_ALLOCATION_POLICY":    "none",
+			"INTEL_GPU_CDI_ENABLE_MONITORING":    "false",
+			"INTEL_GPU_CDI_RESYNC_PERIOD":        "60s",
+			"INTEL_GPU_CDI_METRICS_ADDRESS":      "",
+			"INTEL_GPU_CDI_ALLOW_IDS":            "",
+			"INTEL_GPU_CDI_DENY_IDS":             "",
+			"INTEL_GPU_CDI_NFD_FEATURES_DIR":     "",
+		}
+		checkAgent(t, ds, want)
 	})
 
 	t.Run("every optional value on", func(t *testing.T) {
@@ -122,11 +127,20 @@ func TestHelmChart(t *testing.T) {
 		checkAgent(t, ds, agentExpectations{
 			Mounts: []hostMount{
 				{HostPath: "/dev/dri", ReadOnly: true, Env: "INTEL_GPU_CDI_DEV_ROOT", Suffix: "/dri"},
-				{HostPath: "/sys", ReadOnly: true, Env: "INTEL_GPU_CDI_SYSFS_ROOT"},
 				{HostPath: "/var/lib/k0s/kubelet/device-plugins", Env: "INTEL_GPU_CDI_KUBELET_SOCKET_DIR"},
 				{HostPath: "/etc/cdi", Env: "INTEL_GPU_CDI_CDI_SPEC_DIR"},
 				{HostPath: "/etc/kubernetes/node-feature-discovery/features.d", Env: "INTEL_GPU_CDI_NFD_FEATURES_DIR"},
 			},
+			Policy: agentPolicy{
+				Dirs: pluginDirs{KubeletSocketDir: "/var/lib/k0s/kubelet/device-plugins", CDISpecDir: "/etc/cdi"},
+				Grants: grants{Writable: map[string]string{
+					"/etc/kubernetes/node-feature-discovery/features.d": "nfdFeaturesDir is set: the plugin keeps its NFD feature file there",
+				}},
+			},
+			User:        1234,
+			Group:       5678,
+			ProbePort:   9501,
+			SELinuxType: "example_device_plugin_t",
 			Env: map[string]string{
 				"INTEL_GPU_CDI_LOG_LEVEL":            "debug",
 				"INTEL_GPU_CDI_LOG_FORMAT":           "text",
@@ -162,6 +176,47 @@ func TestHelmChart(t *testing.T) {
 		})
 	})
 
+	t.Run("non-root", func(t *testing.T) {
+		r, err := helmTemplate(t, `nonRoot: {enabled: true}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := stockAgent()
+		want.User, want.Group = nonRootID, nonRootID
+		checkAgent(t, r.DaemonSets[0], want)
+	})
+
+	t.Run("recursiveReadOnly IfPossible, for runtimes without recursive read-only mounts", func(t *testing.T) {
+		r, err := helmTemplate(t, `recursiveReadOnly: IfPossible`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds := r.DaemonSets[0]
+		for _, m := range ds.Spec.Template.Spec.Containers[0].VolumeMounts {
+			if m.ReadOnly && (m.RecursiveReadOnly == nil || *m.RecursiveReadOnly != corev1.RecursiveReadOnlyIfPossible) {
+				t.Errorf("mount %s: recursiveReadOnly %v, want IfPossible", m.Name, ptrText(m.RecursiveReadOnly))
+			}
+		}
+		want := stockAgent()
+		want.Policy.Grants.RecursiveReadOnlyIfPossible = "the user chose IfPossible: /dev/dri has no submounts on a stock node, and the cluster or runtime predates recursive read-only mounts"
+		checkAgent(t, ds, want)
+	})
+
+	t.Run("the runtime's SELinux type and an image digest", func(t *testing.T) {
+		const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+		r, err := helmTemplate(t, "securityContext: {seLinuxOptions: null}\nimage: {tag: \""+digest+"\"}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds := r.DaemonSets[0]
+		if img := ds.Spec.Template.Spec.Containers[0].Image; img != "ghcr.io/intel-gpu-cdi/intel-gpu-cdi@"+digest {
+			t.Errorf("image %q, want the repository @%s", img, digest)
+		}
+		want := stockAgent()
+		want.SELinuxType = ""
+		checkAgent(t, ds, want)
+	})
+
 	t.Run("denyIds alone", func(t *testing.T) {
 		r, err := helmTemplate(t, `denyIds: ["0x0bd5"]`)
 		if err != nil {
@@ -187,6 +242,16 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		{"an unknown by-path mode", `byPath: all`, "byPath"},
 		{"a relative CDI dir", `cdiSpecDir: var/run/cdi`, "cdiSpecDir"},
 		{"a resync period that is not a duration", `resyncPeriod: "60"`, "resyncPeriod"},
+		{"the removed sysfsRoot", `sysfsRoot: /host/sys`, "sysfsRoot is no longer a value"},
+		{"the latest tag", `image: {tag: latest}`, "/image/tag"},
+		{"a privileged container", `securityContext: {privileged: true}`, "/securityContext"},
+		{"an added capability", `securityContext: {capabilities: {add: [SYS_ADMIN]}}`, "/securityContext"},
+		{"privilege escalation", `securityContext: {allowPrivilegeEscalation: true}`, "/securityContext"},
+		{"root through securityContext", `securityContext: {runAsUser: 0}`, "/securityContext"},
+		{"an unconfined seccomp profile", `podSecurityContext: {seccompProfile: {type: Unconfined}}`, "/podSecurityContext/seccompProfile/type"},
+		{"a non-root user 0", `nonRoot: {enabled: true, runAsUser: 0, runAsGroup: 65532}`, "/nonRoot/runAsUser"},
+		{"non-recursive read-only mounts", `recursiveReadOnly: Disabled`, "/recursiveReadOnly"},
+		{"metrics on the probe port", `metrics: {enabled: true, address: ":8081"}`, "both use port 8081"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := helmTemplate(t, tc.values)

@@ -33,8 +33,10 @@ type controlPlane struct {
 }
 
 // EnableCNI gives pods a network through a bridge, so that the node turns
-// Ready (a cluster's scheduler avoids NotReady nodes). Call before
-// StartContainerd.
+// Ready (a cluster's scheduler avoids NotReady nodes). The bridge is the
+// pods' gateway, so the host has an address on it and the kubelet reaches
+// pod IPs for HTTP probes; there is no masquerading, so pods reach nothing
+// beyond the host. Call before StartContainerd.
 func (r *Rig) EnableCNI() error {
 	for _, p := range []string{"bridge", "host-local", "loopback"} {
 		if _, err := os.Stat(filepath.Join(r.Bins.CNIDir, p)); err != nil {
@@ -50,7 +52,7 @@ func (r *Rig) EnableCNI() error {
   "plugins": [{
     "type": "bridge",
     "bridge": %q,
-    "isGateway": false,
+    "isGateway": true,
     "ipMasq": false,
     "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "dataDir": %q}
   }]

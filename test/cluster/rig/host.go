@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -51,7 +52,11 @@ type HostState struct {
 	absent  []string
 	cgroups []string // kubepods dirs absent before the run
 	ipt     iptablesState
+	acls    []savedACL
 }
+
+// savedACL is getfacl's record of one path: owner, group, mode and ACL.
+type savedACL struct{ path, text string }
 
 // SnapshotHost records the sysctls, host paths and cgroups the rig may change.
 func SnapshotHost() (*HostState, error) {
@@ -82,11 +87,47 @@ func SnapshotHost() (*HostState, error) {
 	return s, nil
 }
 
+// KeepACL records the owner, group, mode and ACL of each path that existed
+// before the run, so that Restore puts them back and Changes reports a
+// difference. Paths that did not exist before are removed by Restore anyway.
+// It needs getfacl and setfacl (the acl package).
+func (s *HostState) KeepACL(paths ...string) error {
+	for _, p := range paths {
+		if slices.Contains(s.absent, p) {
+			continue
+		}
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		text, err := getfacl(p)
+		if err != nil {
+			return err
+		}
+		s.acls = append(s.acls, savedACL{path: p, text: text})
+	}
+	return nil
+}
+
+func getfacl(path string) (string, error) {
+	out, err := exec.Command("getfacl", "--absolute-names", path).Output()
+	if err != nil {
+		return "", fmt.Errorf("getfacl %s: %w", path, err)
+	}
+	return string(out), nil
+}
+
 // Restore puts the sysctls back, unmounts what is left mounted under the
 // paths that did not exist before, removes those paths, the cgroups and the
 // iptables chains the kubelet created. It goes on past errors and returns them all.
 func (s *HostState) Restore() error {
 	var errs []error
+	for _, a := range s.acls {
+		cmd := exec.Command("setfacl", "--restore=-")
+		cmd.Stdin = strings.NewReader(a.text)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("restoring the ACL of %s: %w: %s", a.path, err, out))
+		}
+	}
 	for name, want := range s.sysctls {
 		got, err := os.ReadFile(sysctlPath(name))
 		if err == nil && strings.TrimSpace(string(got)) == want {
@@ -135,6 +176,11 @@ func (s *HostState) Changes() []string {
 	for _, p := range append(slices.Clone(s.absent), s.cgroups...) {
 		if _, err := os.Lstat(p); err == nil {
 			out = append(out, p+" exists, did not before")
+		}
+	}
+	for _, a := range s.acls {
+		if got, err := getfacl(a.path); err != nil || got != a.text {
+			out = append(out, fmt.Sprintf("owner, mode or ACL of %s differ: %q, was %q (%v)", a.path, got, a.text, err))
 		}
 	}
 	out = append(out, s.ipt.changes()...)

@@ -269,9 +269,18 @@ type KubeletPod struct {
 		Name string `json:"name"`
 	} `json:"metadata"`
 	Status struct {
-		Phase   string `json:"phase"`
-		Reason  string `json:"reason"`
-		Message string `json:"message"`
+		Phase             string `json:"phase"`
+		Reason            string `json:"reason"`
+		Message           string `json:"message"`
+		ContainerStatuses []struct {
+			Name  string `json:"name"`
+			State struct {
+				Waiting *struct {
+					Reason  string `json:"reason"`
+					Message string `json:"message"`
+				} `json:"waiting"`
+			} `json:"state"`
+		} `json:"containerStatuses"`
 	} `json:"status"`
 }
 
@@ -359,4 +368,49 @@ func (r *Rig) WaitAllocatable(ctx context.Context, want map[string]int, timeout 
 		}
 		return true, nil
 	})
+}
+
+// HostVolume is a hostPath volume a ScriptPod mounts.
+type HostVolume struct {
+	Name, HostPath, MountPath string
+	ReadOnly                  bool
+	// RecursiveReadOnly is "", "Enabled" or "IfPossible".
+	RecursiveReadOnly string
+}
+
+// ScriptPod is a static pod manifest: one busybox container, locked down as
+// the plugin's DaemonSet is (root, every capability dropped, no privilege
+// escalation), that runs script with the given host paths mounted, then
+// prints the marker WaitRunning waits for and idles.
+func ScriptPod(name, script string, volumes ...HostVolume) ([]byte, error) {
+	return scriptPod(name, script, true, volumes)
+}
+
+// ClusterScriptPod is ScriptPod for the API server (own network namespace).
+func ClusterScriptPod(name, script string, volumes ...HostVolume) ([]byte, error) {
+	return scriptPod(name, script, false, volumes)
+}
+
+func scriptPod(name, script string, hostNetwork bool, volumes []HostVolume) ([]byte, error) {
+	pod := gpuPod(name, nil, hostNetwork)
+	spec := pod["spec"].(map[string]any)
+	ctr := spec["containers"].([]map[string]any)[0]
+	ctr["command"] = []string{"/bin/sh", "-c", script + `; echo "=== end"; trap "exit 0" TERM; sleep 86400 & wait`}
+	ctr["securityContext"] = map[string]any{
+		"runAsUser":                0,
+		"allowPrivilegeEscalation": false,
+		"capabilities":             map[string]any{"drop": []string{"ALL"}},
+	}
+	var vols, mounts []map[string]any
+	for _, v := range volumes {
+		vols = append(vols, map[string]any{"name": v.Name, "hostPath": map[string]any{"path": v.HostPath}})
+		m := map[string]any{"name": v.Name, "mountPath": v.MountPath, "readOnly": v.ReadOnly}
+		if v.RecursiveReadOnly != "" {
+			m["recursiveReadOnly"] = v.RecursiveReadOnly
+		}
+		mounts = append(mounts, m)
+	}
+	spec["volumes"] = vols
+	ctr["volumeMounts"] = mounts
+	return json.MarshalIndent(pod, "", "  ")
 }

@@ -25,6 +25,13 @@ type Proc struct {
 // The process gets its own process group so a terminal's signals do not reach
 // it before the rig has cleaned up.
 func Start(name, logDir string, env []string, bin string, args ...string) (*Proc, error) {
+	return StartAs(nil, name, logDir, env, bin, args...)
+}
+
+// StartAs is Start with the process running as cred's user and groups (nil:
+// as the rig). The log file is opened by the rig, so the user needs no
+// access to it.
+func StartAs(cred *syscall.Credential, name, logDir string, env []string, bin string, args ...string) (*Proc, error) {
 	logPath := filepath.Join(logDir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -34,7 +41,7 @@ func Start(name, logDir string, env []string, bin string, args ...string) (*Proc
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)

@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -334,11 +335,18 @@ func (r *Rig) StopKubelet() error { return r.kubelet.Stop(30 * time.Second) }
 // StartPlugin starts the device plugin binary (`<bin> plugin <args>`) with the
 // rig's CDI spec directory.
 func (r *Rig) StartPlugin(bin string, args ...string) error {
+	return r.StartPluginAs(nil, bin, args...)
+}
+
+// StartPluginAs is StartPlugin with the plugin running as cred's user and
+// groups: the non-root plugin. It reaches the rig's directories only as far
+// as their permissions let it.
+func (r *Rig) StartPluginAs(cred *syscall.Credential, bin string, args ...string) error {
 	if r.plugin != nil && !r.plugin.Exited() {
 		return errors.New("a plugin is already running")
 	}
 	args = append([]string{"plugin", "--cdi-spec-dir", r.CDISpecDir, "--kubelet-socket-dir", DevicePluginDir}, args...)
-	p, err := Start("plugin", r.LogDir, nil, bin, args...)
+	p, err := StartAs(cred, "plugin", r.LogDir, nil, bin, args...)
 	if err != nil {
 		return err
 	}
