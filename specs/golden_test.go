@@ -9,11 +9,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
+	"sigs.k8s.io/yaml"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
+	specs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
@@ -72,6 +75,17 @@ func TestGoldenSpecs(t *testing.T) {
 				}
 				if _, err := cdiapi.ReadSpec(file, 0); err != nil {
 					t.Errorf("the CDI library rejects %s: %v", file, err)
+				}
+				// What a runtime reads from the file is exactly the spec
+				// built, with the library's parser and with the one of
+				// CDI 0.5 (podman 4.3).
+				v3, err := cdiapi.ParseSpec(golden)
+				if err != nil || !reflect.DeepEqual(v3, s) {
+					t.Errorf("the CDI library reads %s as another spec (%v)", file, err)
+				}
+				var v2 *specs.Spec
+				if err := yaml.UnmarshalStrict(golden, &v2); err != nil || !reflect.DeepEqual(v2, s) {
+					t.Errorf("sigs.k8s.io/yaml reads %s as another spec (%v)", file, err)
 				}
 			})
 		}

@@ -99,21 +99,21 @@ func isDir(p string) error {
 // vendor ID, without reading anything else: enough to know the node has
 // Intel GPUs whatever state they are in.
 func (s *Scanner) intelCards() []string {
-	entries, err := readDir(s.ClassDRMDir())
+	names, err := readDirNames(s.ClassDRMDir())
 	if err != nil {
 		return nil
 	}
 	var cards []string
-	for _, e := range entries {
-		if _, ok := ParseCardName(e.Name()); !ok {
+	for _, name := range names {
+		if _, ok := ParseCardName(name); !ok {
 			continue
 		}
-		raw, err := readAttr(filepath.Join(s.ClassDRMDir(), e.Name(), "device", "vendor"))
+		raw, err := readAttr(filepath.Join(s.ClassDRMDir(), name, "device", "vendor"))
 		if err != nil {
 			continue
 		}
 		if v, err := ParseHexID(raw, 4); err == nil && v == IntelVendorID {
-			cards = append(cards, e.Name())
+			cards = append(cards, name)
 		}
 	}
 	return cards

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"unicode/utf8"
 
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	"tags.cncf.io/container-device-interface/pkg/parser"
@@ -114,12 +115,22 @@ func Names(d *discovery.Device) []string { return []string{d.Card, d.PCIAddress}
 // GPU (card name and PCI address) and "all". It returns ErrNoDevices when
 // none is usable, and ErrBadDevice for a usable device whose name the CDI
 // library would refuse or another device already has, or whose paths are
-// not absolute. cdiVersion is the lowest that expresses the spec, so older
-// runtimes still read it.
+// not absolute or not UTF-8. cdiVersion is the lowest that expresses the
+// spec, so older runtimes still read it.
 func (b *Builder) Build(devs []discovery.Device) (*specs.Spec, error) {
-	s := &specs.Spec{Kind: b.Kind()}
-	var all specs.ContainerEdits
-	owner := map[string]string{AllDevice: "the device of all GPUs"}
+	usable := 0
+	for i := range devs {
+		if devs[i].Usable() {
+			usable++
+		}
+	}
+	if usable == 0 {
+		return nil, ErrNoDevices
+	}
+	s := &specs.Spec{Kind: b.Kind(), Devices: make([]specs.Device, 0, 2*usable+1)}
+	all := specs.ContainerEdits{DeviceNodes: make([]*specs.DeviceNode, 0, 2*usable)}
+	owner := make(map[string]string, 2*usable+1)
+	owner[AllDevice] = "the device of all GPUs"
 	for i := range devs {
 		d := &devs[i]
 		if !d.Usable() {
@@ -128,15 +139,13 @@ func (b *Builder) Build(devs []discovery.Device) (*specs.Spec, error) {
 		if err := b.check(d, owner); err != nil {
 			return nil, err
 		}
-		for _, name := range Names(d) {
-			s.Devices = append(s.Devices, specs.Device{Name: name, ContainerEdits: b.edits(d)})
+		edits := b.edits(d, len(Names(d))+1)
+		for j, name := range Names(d) {
+			s.Devices = append(s.Devices, specs.Device{Name: name, ContainerEdits: edits[j]})
 		}
-		edits := b.edits(d)
-		all.DeviceNodes = append(all.DeviceNodes, edits.DeviceNodes...)
-		all.Mounts = append(all.Mounts, edits.Mounts...)
-	}
-	if len(s.Devices) == 0 {
-		return nil, ErrNoDevices
+		last := edits[len(edits)-1]
+		all.DeviceNodes = append(all.DeviceNodes, last.DeviceNodes...)
+		all.Mounts = append(all.Mounts, last.Mounts...)
 	}
 	s.Devices = append(s.Devices, specs.Device{Name: AllDevice, ContainerEdits: all})
 
@@ -151,60 +160,97 @@ func (b *Builder) Build(devs []discovery.Device) (*specs.Spec, error) {
 // check refuses a device that no valid spec can carry, and records its
 // names in owner.
 func (b *Builder) check(d *discovery.Device, owner map[string]string) error {
-	who := fmt.Sprintf("GPU %q (%q)", d.PCIAddress, d.Card)
-	for _, name := range Names(d) {
+	who := func() string { return fmt.Sprintf("GPU %q (%q)", d.PCIAddress, d.Card) }
+	names := [...]string{d.Card, d.PCIAddress}
+	for _, name := range names {
 		if err := parser.ValidateDeviceName(name); err != nil {
-			return fmt.Errorf("%w: %s: %w", ErrBadDevice, who, err)
+			return fmt.Errorf("%w: %s: %w", ErrBadDevice, who(), err)
 		}
 		if other, taken := owner[name]; taken {
-			return fmt.Errorf("%w: %s: CDI name %q is already %s", ErrBadDevice, who, name, other)
+			return fmt.Errorf("%w: %s: CDI name %q is already %s", ErrBadDevice, who(), name, other)
 		}
 	}
-	paths := []string{}
+	badPath := func(p string) error {
+		switch {
+		case !filepath.IsAbs(p):
+			return fmt.Errorf("%w: %s: path %q is not absolute", ErrBadDevice, who(), p)
+		case !utf8.ValidString(p):
+			// JSON and YAML hold only UTF-8: the runtime would read
+			// another path than the one on the node.
+			return fmt.Errorf("%w: %s: path %q is not valid UTF-8", ErrBadDevice, who(), p)
+		}
+		return nil
+	}
 	for _, n := range d.Nodes() {
-		paths = append(paths, n.Path, n.HostPath)
+		if err := errors.Join(badPath(n.Path), badPath(n.HostPath)); err != nil {
+			return err
+		}
 	}
 	if b.byPath == ByPathSingle {
 		for _, l := range d.ByPath {
-			paths = append(paths, l.Path, l.HostPath)
+			if err := errors.Join(badPath(l.Path), badPath(l.HostPath)); err != nil {
+				return err
+			}
 		}
 	}
-	for _, p := range paths {
-		if !filepath.IsAbs(p) {
-			return fmt.Errorf("%w: %s: path %q is not absolute", ErrBadDevice, who, p)
-		}
-	}
-	for _, name := range Names(d) {
-		owner[name] = who
+	w := who()
+	for _, name := range names {
+		owner[name] = w
 	}
 	return nil
 }
 
-// edits returns what a container needs for one GPU. Each device's slices
-// are its own so that a caller editing one device cannot change another.
-func (b *Builder) edits(d *discovery.Device) specs.ContainerEdits {
-	var e specs.ContainerEdits
-	for _, n := range d.Nodes() {
-		major, minor := int64(n.Major), int64(n.Minor)
-		e.DeviceNodes = append(e.DeviceNodes, &specs.DeviceNode{
-			Path:        n.Path,
-			HostPath:    n.HostPath,
-			Type:        "c",
-			Major:       major,
-			Minor:       minor,
-			Permissions: "rw",
-		})
-	}
+// edits returns n copies of what a container needs for one GPU. Each copy
+// has slices and nodes of its own, so that a caller editing one
+// device cannot change another; they share backing arrays allocated once.
+//
+// A node carries its path, its host path where that differs, and "rw": the
+// runtime takes the type and numbers from the host's node when it injects
+// it, as the CDI library does for any node that leaves them out, and a
+// missing host path is the path. "rw" is kept because a node without
+// permissions gets "rwm" in the device cgroup. See BENCHMARKS.md, "Bytes
+// per GPU".
+func (b *Builder) edits(d *discovery.Device, n int) []specs.ContainerEdits {
+	nodes := d.Nodes()
+	var links []discovery.Link
 	if b.byPath == ByPathSingle {
+		links = d.ByPath
+	}
+	out := make([]specs.ContainerEdits, n)
+	nodeArr := make([]specs.DeviceNode, n*len(nodes))
+	nodePtrs := make([]*specs.DeviceNode, n*len(nodes))
+	var (
+		mountArr  []specs.Mount
+		mountPtrs []*specs.Mount
+		options   []string
+	)
+	if len(links) > 0 {
+		mountArr = make([]specs.Mount, n*len(links))
+		mountPtrs = make([]*specs.Mount, n*len(links))
+		options = make([]string, n*len(links))
+	}
+	for c := range out {
+		for i, node := range nodes {
+			k := c*len(nodes) + i
+			nodeArr[k] = specs.DeviceNode{Path: node.Path, Permissions: "rw"}
+			if node.HostPath != node.Path {
+				nodeArr[k].HostPath = node.HostPath
+			}
+			nodePtrs[k] = &nodeArr[k]
+		}
+		out[c].DeviceNodes = nodePtrs[c*len(nodes) : (c+1)*len(nodes) : (c+1)*len(nodes)]
+		if len(links) == 0 {
+			continue
+		}
 		// The CDI library refuses symlinks as device nodes, so the links
 		// go in as bind mounts of the nodes they name.
-		for _, l := range d.ByPath {
-			e.Mounts = append(e.Mounts, &specs.Mount{
-				HostPath:      l.HostPath,
-				ContainerPath: l.Path,
-				Options:       []string{"bind"},
-			})
+		for i, l := range links {
+			k := c*len(links) + i
+			options[k] = "bind"
+			mountArr[k] = specs.Mount{HostPath: l.HostPath, ContainerPath: l.Path, Options: options[k : k+1 : k+1]}
+			mountPtrs[k] = &mountArr[k]
 		}
+		out[c].Mounts = mountPtrs[c*len(links) : (c+1)*len(links) : (c+1)*len(links)]
 	}
-	return e
+	return out
 }

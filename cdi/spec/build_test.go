@@ -123,8 +123,8 @@ func igpuDevice() discovery.Device {
 
 func TestBuildContainerEdits(t *testing.T) {
 	nodes := []*specs.DeviceNode{
-		{Path: "/dev/dri/card0", HostPath: "/host/dev/dri/card0", Type: "c", Major: 226, Minor: 0, Permissions: "rw"},
-		{Path: "/dev/dri/renderD128", HostPath: "/host/dev/dri/renderD128", Type: "c", Major: 226, Minor: 128, Permissions: "rw"},
+		{Path: "/dev/dri/card0", HostPath: "/host/dev/dri/card0", Permissions: "rw"},
+		{Path: "/dev/dri/renderD128", HostPath: "/host/dev/dri/renderD128", Permissions: "rw"},
 	}
 	mounts := []*specs.Mount{
 		{HostPath: "/host/dev/dri/by-path/pci-0000:00:02.0-card", ContainerPath: "/dev/dri/by-path/pci-0000:00:02.0-card", Options: []string{"bind"}},
@@ -132,6 +132,8 @@ func TestBuildContainerEdits(t *testing.T) {
 	}
 	noRender := igpuDevice()
 	noRender.Render, noRender.RenderNode, noRender.ByPath = "", nil, noRender.ByPath[:1]
+	atHome := igpuDevice()
+	atHome.CardNode.HostPath, atHome.RenderNode.HostPath = atHome.CardNode.Path, atHome.RenderNode.Path
 	tests := []struct {
 		name   string
 		byPath spec.ByPath
@@ -144,6 +146,11 @@ func TestBuildContainerEdits(t *testing.T) {
 			want: specs.ContainerEdits{DeviceNodes: nodes}},
 		{name: "a GPU without a render node gets only its card", byPath: spec.ByPathSingle, dev: noRender,
 			want: specs.ContainerEdits{DeviceNodes: nodes[:1], Mounts: mounts[:1]}},
+		{name: "a host path equal to the path is left out, as the runtime takes the path then", byPath: spec.ByPathNone, dev: atHome,
+			want: specs.ContainerEdits{DeviceNodes: []*specs.DeviceNode{
+				{Path: "/dev/dri/card0", Permissions: "rw"},
+				{Path: "/dev/dri/renderD128", Permissions: "rw"},
+			}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

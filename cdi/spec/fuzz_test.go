@@ -163,7 +163,12 @@ func nodesOf(d *specs.Device) []string {
 	}
 	var out []string
 	for _, n := range d.ContainerEdits.DeviceNodes {
-		out = append(out, n.Path+"="+n.HostPath)
+		host := n.HostPath
+		if host == "" {
+			// The CDI library's default, which Build relies on.
+			host = n.Path
+		}
+		out = append(out, n.Path+"="+host)
 	}
 	return out
 }

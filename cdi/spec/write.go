@@ -1,7 +1,6 @@
 package spec
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,7 +9,6 @@ import (
 	"strings"
 	"syscall"
 
-	"sigs.k8s.io/yaml"
 	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
 	specs "tags.cncf.io/container-device-interface/specs-go"
 
@@ -67,27 +65,6 @@ const dirMode fs.FileMode = 0o755
 // tempPrefix starts the name of every temporary file the writer makes, so
 // that leftovers of a killed writer can be found and removed.
 const tempPrefix = ".intel-gpu-cdi-"
-
-// Marshal encodes a spec.
-func Marshal(s *specs.Spec, f Format) ([]byte, error) {
-	var (
-		data []byte
-		err  error
-	)
-	switch f {
-	case FormatJSON:
-		data, err = json.MarshalIndent(s, "", "  ")
-		data = append(data, '\n')
-	case FormatYAML:
-		data, err = yaml.Marshal(s)
-	default:
-		return nil, fmt.Errorf("invalid spec format %q", f)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("encoding CDI spec %s: %w", s.Kind, err)
-	}
-	return data, nil
-}
 
 // Write validates the spec with the CDI library and writes it to path
 // atomically: a temporary file in the same directory, fsynced, made 0644,

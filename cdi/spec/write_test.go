@@ -67,40 +67,6 @@ func dirNames(t *testing.T, dir string) []string {
 	return out
 }
 
-func TestMarshalEncodesAValidSpec(t *testing.T) {
-	tests := []struct {
-		name   string
-		format spec.Format
-		starts string
-	}{
-		{name: "YAML is plain YAML", format: spec.FormatYAML, starts: "cdiVersion: 0.5.0\n"},
-		{name: "JSON is indented and ends in a newline", format: spec.FormatJSON, starts: "{\n  \"cdiVersion\": \"0.5.0\",\n"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			data, err := spec.Marshal(igpuSpec(t), tt.format)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.HasPrefix(data, []byte(tt.starts)) || !bytes.HasSuffix(data, []byte("\n")) {
-				t.Errorf("encoded spec starts %q, want %q and a final newline", data[:min(len(data), 40)], tt.starts)
-			}
-			raw, err := cdiapi.ParseSpec(data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got, want := mustJSON(t, raw), mustJSON(t, igpuSpec(t)); got != want {
-				t.Errorf("decoded spec differs:\n%s\nwant\n%s", got, want)
-			}
-		})
-	}
-	t.Run("an unknown format is an error", func(t *testing.T) {
-		if _, err := spec.Marshal(igpuSpec(t), "toml"); err == nil {
-			t.Error("no error")
-		}
-	})
-}
-
 func TestFormatOfFollowsWhatRuntimesRead(t *testing.T) {
 	tests := []struct {
 		name, path string

@@ -1,0 +1,132 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+)
+
+// BenchmarkFloor runs the no-op plugin (test/cmd/noop-plugin) and
+// `intel-gpu-cdi plugin` in turns on one fake node of 64 GPUs and prints
+// the ratio table (see BENCHMARKS.md, "Against the floor"). It measures
+// once, whatever b.N: each round takes seconds.
+//
+//	go test -run '^$' -bench '^BenchmarkFloor$' ./test/bench/
+//
+// BENCH_ROUNDS (default 5), BENCH_GPUS (64), BENCH_CALLS (10000) and
+// BENCH_SETTLE (2s) change the run.
+func BenchmarkFloor(b *testing.B) {
+	rounds := envInt(b, "BENCH_ROUNDS", 5)
+	gpus := envInt(b, "BENCH_GPUS", 64)
+	cfg := Config{Settle: 2 * time.Second, Calls: envInt(b, "BENCH_CALLS", 10000), Timeout: 30 * time.Second}
+	if s := os.Getenv("BENCH_SETTLE"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 {
+			b.Fatalf("BENCH_SETTLE=%q: want a duration such as 2s", s)
+		}
+		cfg.Settle = d
+	}
+	if gpus > fakenode.MaxMany {
+		b.Fatalf("BENCH_GPUS=%d: at most %d", gpus, fakenode.MaxMany)
+	}
+
+	bins := b.TempDir()
+	floorBin := build(b, bins, "./test/cmd/noop-plugin")
+	pluginBin := build(b, bins, "./cmd/intel-gpu-cdi")
+	node := fakenode.NewT(b)
+	node.MustApply(b, func(n *fakenode.Node) error { return fakenode.Many(n, gpus) })
+
+	const resource = "gpu.intel.com/i915"
+	floor := Candidate{
+		Name: "noop-plugin",
+		Call: "Allocate",
+		Command: func(env *Env) *exec.Cmd {
+			return exec.Command(floorBin, "--kubelet-socket-dir", env.Kubelet.Dir(),
+				"--resource", resource, "--devices", strconv.Itoa(env.GPUs))
+		},
+		Ready: DevicePluginReady(resource),
+	}
+	plugin := Candidate{
+		Name: "intel-gpu-cdi",
+		Call: "Allocate",
+		Command: func(env *Env) *exec.Cmd {
+			return exec.Command(pluginBin, "plugin", "--sysfs-root", env.Node.Sys, "--dev-root", env.Node.Dev,
+				"--kubelet-socket-dir", env.Kubelet.Dir(), "--cdi-spec-dir", env.SpecDir, "--log-level", "warn")
+		},
+		Ready: DevicePluginReady(resource),
+	}
+	cands := []Candidate{floor, plugin}
+
+	samples, err := Rounds(context.Background(), cands, node, gpus, rounds, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	figs := Figures(cfg.Calls, "Allocate")
+	others := []string{plugin.Name}
+	fmt.Printf("\nAgainst the floor: %d GPUs (node mode %s), %d rounds of %s, medians; %d Allocates one after another; settle %s\n",
+		gpus, node.Mode(), rounds, order(cands), cfg.Calls, cfg.Settle)
+	if err := WriteTable(os.Stdout, figs, floor.Name, others, samples); err != nil {
+		b.Fatal(err)
+	}
+	for _, o := range others {
+		for _, f := range figs {
+			if strings.HasPrefix(f.Name, " ") {
+				continue
+			}
+			base := Median(f, samples[floor.Name])
+			if base == 0 {
+				continue
+			}
+			b.ReportMetric(Median(f, samples[o])/base, metricName(o, f.Name))
+		}
+	}
+}
+
+// order spells one round: "A B", so "5 rounds of A B".
+func order(cands []Candidate) string {
+	names := make([]string, len(cands))
+	for i, c := range cands {
+		names[i] = c.Name
+	}
+	return strings.Join(names, " ")
+}
+
+// metricName makes a benchmark unit of a figure: no spaces allowed.
+func metricName(cand, figure string) string {
+	f := strings.NewReplacer("->", "to", " ", "-", "(", "", ")", "", ",", "").Replace(strings.TrimSpace(figure))
+	return cand + ":" + f + "/floor"
+}
+
+func envInt(b *testing.B, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		b.Fatalf("%s=%q: want a positive number", name, s)
+	}
+	return n
+}
+
+// build builds a command of this module as deployments/image/Dockerfile
+// builds the product, so the floor and the plugin are built alike.
+func build(b *testing.B, dir, pkg string) string {
+	b.Helper()
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Dir = filepath.Join("..", "..")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build %s: %v\n%s", pkg, err, msg)
+	}
+	return out
+}
