@@ -100,7 +100,8 @@ func ParseStrategies(s string) (Strategies, error) {
 type Config struct {
 	// KubeletSocketDir is the kubelet's device-plugin directory, which
 	// holds kubelet.sock. It need not exist yet: the plugin waits for the
-	// kubelet to create it. Its parent must exist.
+	// kubelet to create it, watching its parent; when the parent cannot be
+	// read (a non-root plugin), the directory itself must exist.
 	KubeletSocketDir string
 	// SharedDevNum makes each GPU that many devices, so that many
 	// containers can share it.

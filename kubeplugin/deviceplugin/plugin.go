@@ -106,12 +106,18 @@ func (p *Plugin) Run(ctx context.Context) error {
 		return fmt.Errorf("creating file watcher: %w", err)
 	}
 	defer w.Close()
-	if err := w.Add(parent); err != nil {
-		return fmt.Errorf("watching %s, the parent of the kubelet socket directory: %w", parent, err)
+	// The parent tells when the directory is made (again); a directory
+	// that is not there yet is watched once its parent reports it. A
+	// parent this process may not read (the kubelet's root dir is 0750 on
+	// some hosts, and a non-root plugin is not in its group) leaves the
+	// directory itself, which must then exist.
+	parentErr := w.Add(parent)
+	if err := w.Add(dir); err != nil && parentErr != nil {
+		return fmt.Errorf("watching the kubelet socket directory %s (%w) or its parent (%w)", dir, err, parentErr)
 	}
-	// A directory that is not there yet is watched once its parent
-	// reports it.
-	_ = w.Add(dir)
+	if parentErr != nil {
+		p.log.Warn("cannot watch the kubelet socket directory's parent: the directory being removed and made again will not be seen", "parent", parent, "err", parentErr)
+	}
 	defer p.close()
 
 	restarts := retry.New(wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Cap: 30 * time.Second})
