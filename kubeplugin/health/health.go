@@ -143,8 +143,14 @@ func New(opts ...Option) (*Monitor, error) {
 	}
 	if c.stateFile != "" {
 		if err := checkStateFile(c.stateFile); err != nil {
-			return nil, err
+			if !c.stateReadOnly {
+				return nil, err
+			}
+			c.log.Warn("not reading the health state file", "err", err)
+			m.cfg.stateFile = ""
 		}
+	}
+	if m.cfg.stateFile != "" {
 		m.boot = bootID()
 		m.loadState()
 	}

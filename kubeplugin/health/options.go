@@ -135,6 +135,9 @@ type config struct {
 	openSet    bool
 	rcvbuf     int
 	stateFile  string
+	// stateReadOnly: the state file is someone else's (a running plugin's)
+	// to write; it is only read.
+	stateReadOnly bool
 }
 
 // WithSysfsRoot sets where sysfs is mounted (default /sys). Every file the
@@ -163,6 +166,13 @@ func WithReceiveBuffer(n int) Option { return func(c *config) { c.rcvbuf = n } }
 // health.json. Entries for GPUs rebound while no Monitor ran, and a file
 // from an earlier boot, are ignored.
 func WithStateFile(path string) Option { return func(c *config) { c.stateFile = path } }
+
+// WithStateFileOf reads, and never writes, the state file a running plugin
+// keeps at path: what `intel-gpu-cdi list` uses to show a wedge that only
+// the plugin heard of. A path holding anything else is not read.
+func WithStateFileOf(path string) Option {
+	return func(c *config) { c.stateFile, c.stateReadOnly = path, true }
+}
 
 // WithUeventConn replaces the kernel's netlink socket as the source of
 // uevents: open is called once by Run. Tests feed recorded or generated

@@ -156,7 +156,7 @@ type snapshot struct {
 // keeps only GPUs whose binding is fully known: without it an entry could
 // not be told stale later. Without a state file it is empty.
 func (m *Monitor) snapshotState() snapshot {
-	if m.cfg.stateFile == "" {
+	if m.cfg.stateFile == "" || m.cfg.stateReadOnly {
 		return snapshot{}
 	}
 	m.snapSeq++

@@ -188,3 +188,58 @@ func TestAStateFilePathHoldingSomethingElseIsRefusedAndLeftAlone(t *testing.T) {
 		t.Errorf("the link's target was changed: %q", b)
 	}
 }
+
+// list reads the plugin's state file to show a wedge only the plugin
+// heard of, and must never write it: the running plugin owns it.
+func TestAStateFileOfAnotherIsReadAndNeverWritten(t *testing.T) {
+	r := newRig(t, discreteXe)
+	state := filepath.Join(t.TempDir(), "health.json")
+	feed := newFeed()
+	owner, err := health.New(health.WithSysfsRoot(r.n.Sys), health.WithStateFile(state),
+		health.WithUeventConn(func() (uevent.Conn, error) { return feed, nil }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- owner.Run(ctx) }()
+	feed.send(t, r.must(r.n.WedgedEvent(xe, "rebind")), nil)
+	cancel()
+	<-done
+	before, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(state)
+
+	reader, err := health.New(health.WithSysfsRoot(r.n.Sys), health.WithStateFileOf(state), health.WithSources(health.AllSources&^health.SourceUevent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantUnhealthy(t, checkOne(t, reader, r.n, xe), health.ReasonWedged)
+	if err := r.n.SetAER(xe, fakenode.AER{Correctable: 3}); err != nil {
+		t.Fatal(err)
+	}
+	checkOne(t, reader, r.n, xe)
+	after, _ := os.ReadFile(state)
+	st2, _ := os.Stat(state)
+	if string(after) != string(before) || !st.ModTime().Equal(st2.ModTime()) {
+		t.Error("the reader wrote the owner's state file")
+	}
+
+	t.Run("a path holding something else is not read and is no error", func(t *testing.T) {
+		other := filepath.Join(t.TempDir(), "notes")
+		if err := os.WriteFile(other, []byte("notes"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var logs strings.Builder
+		m, err := health.New(health.WithSysfsRoot(r.n.Sys), health.WithStateFileOf(other), health.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantHealthy(t, checkOne(t, m, r.n, xe))
+		if !strings.Contains(logs.String(), "not reading the health state file") {
+			t.Errorf("no warning: %s", logs.String())
+		}
+	})
+}

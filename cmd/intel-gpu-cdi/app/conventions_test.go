@@ -242,9 +242,9 @@ func TestListShowsTheCDINamesToAskFor(t *testing.T) {
 			t.Fatal(r.err)
 		}
 		for _, want := range []*regexp.Regexp{
-			regexp.MustCompile(`(?m)^NAME .* CDI NAMES +STATUS$`),
-			regexp.MustCompile(`(?m)^card1 .* - +not handed out: physical function`),
-			regexp.MustCompile(`(?m)^card2 .* intel\.com/gpu=card2 intel\.com/gpu=0000:03:00\.1 +ready$`),
+			regexp.MustCompile(`(?m)^NAME .* CDI NAMES +HEALTH +STATUS$`),
+			regexp.MustCompile(`(?m)^card1 .* - +- +not handed out: physical function`),
+			regexp.MustCompile(`(?m)^card2 .* intel\.com/gpu=card2 intel\.com/gpu=0000:03:00\.1 +healthy +ready$`),
 			regexp.MustCompile(`(?m)^intel\.com/gpu=all: every ready GPU above$`),
 		} {
 			if !want.MatchString(r.stdout) {

@@ -3,6 +3,7 @@ package app
 import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 )
 
 // listOutput is what `list --format json` prints. It is a contract with
@@ -42,6 +43,42 @@ type listDevice struct {
 	// CDINames are what to ask a runtime for (podman --device), [] when
 	// the GPU is not handed out.
 	CDINames []string `json:"cdiNames"`
+	// Health is what the kernel says of a GPU that is handed out; left out
+	// for one that is not (Reason says why).
+	Health *listHealth `json:"health,omitempty"`
+}
+
+type listHealth struct {
+	Healthy bool `json:"healthy"`
+	// Reason is one of the health reasons (wedged, survivability-mode,
+	// aer-fatal, aer-recovery-failed, aer-nonfatal, hangs, gone,
+	// no-response), "" when healthy; Message says it in words.
+	Reason        string   `json:"reason"`
+	Message       string   `json:"message"`
+	WedgedMethods []string `json:"wedgedMethods"`
+	// Hangs counts the devcoredumps present for the GPU.
+	Hangs uint64 `json:"hangs"`
+	// PCIeErrors are the kernel's AER totals; left out without AER.
+	PCIeErrors *listPCIeErrors `json:"pcieErrors,omitempty"`
+}
+
+type listPCIeErrors struct {
+	Correctable uint64 `json:"correctable"`
+	Nonfatal    uint64 `json:"nonfatal"`
+	Fatal       uint64 `json:"fatal"`
+}
+
+func newListHealth(s *health.Status) *listHealth {
+	if s == nil {
+		return nil
+	}
+	h := &listHealth{Healthy: s.Healthy, Reason: string(s.Reason), Message: s.Message, WedgedMethods: []string{}, Hangs: s.Counters.Hangs}
+	h.WedgedMethods = append(h.WedgedMethods, s.WedgedMethods...)
+	if s.Counters.HasAER {
+		a := s.Counters.AER
+		h.PCIeErrors = &listPCIeErrors{Correctable: a.Correctable, Nonfatal: a.Nonfatal, Fatal: a.Fatal}
+	}
+	return h
 }
 
 type listSRIOV struct {
@@ -66,7 +103,7 @@ type listEntry struct {
 	Reason string `json:"reason"`
 }
 
-func newListOutput(res *discovery.Result, b *spec.Builder) listOutput {
+func newListOutput(res *discovery.Result, b *spec.Builder, healths []*health.Status) listOutput {
 	out := listOutput{
 		Kind:    b.Kind(),
 		Devices: make([]listDevice, 0, len(res.Devices)),
@@ -94,6 +131,7 @@ func newListOutput(res *discovery.Result, b *spec.Builder) listOutput {
 			HandedOut: d.Usable(),
 			Reason:    d.Reason,
 			CDINames:  cdiNames(d, b),
+			Health:    newListHealth(healths[i]),
 		}
 		for _, n := range d.Nodes() {
 			ld.Nodes = append(ld.Nodes, listNode{Path: n.Path, HostPath: n.HostPath, Major: n.Major, Minor: n.Minor})
