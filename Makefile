@@ -18,7 +18,7 @@ help:
 	@echo 'test       go vet, gofmt check, go test -race ./..., and test/deploy when present'
 	@echo 'demo       list, generate and the kubelet plugin on a fake node of three GPUs (no GPU, no root needed)'
 	@echo 'bench      every benchmark with allocations, then the ratio table against the no-op plugin (see BENCHMARKS.md)'
-	@echo 'fuzz       fuzz the sysfs parsers, the scan and spec building, FUZZTIME each (default 30s)'
+	@echo 'fuzz       fuzz the sysfs parsers, the scan, spec building and encoding, the uevent parser, FUZZTIME each (default 30s)'
 	@echo 'golden     rewrite the golden specs in specs/ from the fixtures'
 	@echo 'e2e-cluster  the plugin on a real kubelet + containerd 2 (root; builds pinned components once)'
 	@echo 'clean      remove bin/'
@@ -65,6 +65,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzIsPCIAddress$$' -fuzztime $(FUZZTIME) ./cdi/discovery
 	$(GO) test -run '^$$' -fuzz '^FuzzScanHostileTree$$' -fuzztime $(FUZZTIME) ./cdi/discovery
 	$(GO) test -run '^$$' -fuzz '^FuzzBuild$$' -fuzztime $(FUZZTIME) ./cdi/spec
+	$(GO) test -run '^$$' -fuzz '^FuzzMarshal$$' -fuzztime $(FUZZTIME) ./cdi/spec
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./kubeplugin/health/uevent
 
 # The real-kubelet suite (issue 6): builds containerd, kubelet and friends once
