@@ -275,6 +275,19 @@ func runCLI(t *testing.T, ctx context.Context, args ...string) (<-chan error, *s
 	return done, log
 }
 
+// stopCLI cancels a plugin started by runCLI and checks it returned
+// cleanly.
+func stopCLI(t *testing.T, cancel context.CancelFunc, done <-chan error, log fmt.Stringer) {
+	t.Helper()
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err, "log:\n%s", log)
+	case <-time.After(waitFor):
+		t.Fatal("the plugin did not stop")
+	}
+}
+
 func TestTheCLIServesMetricsAndKeepsNFDLabelsUntilItStops(t *testing.T) {
 	node := fakenode.NewT(t)
 	node.MustApply(t, fakenode.Demo)
@@ -305,13 +318,7 @@ func TestTheCLIServesMetricsAndKeepsNFDLabelsUntilItStops(t *testing.T) {
 	labelFile := filepath.Join(features, nfd.FileName)
 	waitForFile(t, labelFile, demoLabels)
 
-	cancel()
-	select {
-	case err := <-done:
-		require.NoError(t, err, "log:\n%s", log)
-	case <-time.After(waitFor):
-		t.Fatal("the plugin did not stop")
-	}
+	stopCLI(t, cancel, done, log)
 	assert.NoFileExists(t, labelFile, "the labels go with the plugin")
 	l, err := net.Listen("tcp", addr)
 	require.NoError(t, err, "the metrics port is free once the plugin returned")

@@ -77,13 +77,7 @@ func TestReadinessWaitsForTheKubeletAndLivenessForTheLoop(t *testing.T) {
 	require.NoError(t, err)
 	eventuallyProbe(t, base+"/readyz", http.StatusOK, "ready once registered")
 
-	cancel()
-	select {
-	case err := <-done:
-		require.NoError(t, err, "log:\n%s", log)
-	case <-time.After(waitFor):
-		t.Fatal("the plugin did not stop")
-	}
+	stopCLI(t, cancel, done, log)
 }
 
 // TestLivenessFailsOnceTheMountedDevDRIIsDetached mounts a file system on
@@ -130,11 +124,5 @@ func TestLivenessFailsOnceTheMountedDevDRIIsDetached(t *testing.T) {
 	body := eventuallyProbe(t, base+"/healthz", http.StatusServiceUnavailable, "dead once the mount is gone")
 	assert.True(t, strings.Contains(body, dri) && strings.Contains(body, "restarted"), "the answer names the directory and the remedy: %q", body)
 
-	cancel()
-	select {
-	case err := <-done:
-		require.NoError(t, err, "log:\n%s", log)
-	case <-time.After(waitFor):
-		t.Fatal("the plugin did not stop")
-	}
+	stopCLI(t, cancel, done, log)
 }
