@@ -6,11 +6,16 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app"
 )
 
+// extra holds commands that build variants add (see combined_dra.go).
+var extra []*cli.Command
+
 func main() {
-	if err := app.New().Run(os.Args); err != nil {
+	if err := app.New(extra...).Run(os.Args); err != nil {
 		fmt.Fprintf(os.Stderr, "intel-gpu-cdi: %v\n", err)
 		os.Exit(1)
 	}

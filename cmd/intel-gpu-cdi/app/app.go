@@ -30,8 +30,9 @@ func env(flag string) []string {
 	return []string{EnvPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
 }
 
-// New returns the intel-gpu-cdi application.
-func New() *cli.App {
+// New returns the intel-gpu-cdi application. extra commands are added
+// after the built-in ones (a build variant adds the DRA driver so).
+func New(extra ...*cli.Command) *cli.App {
 	return &cli.App{
 		Name:    "intel-gpu-cdi",
 		Usage:   "make Intel GPUs (i915, xe) usable from containers through CDI",
@@ -40,13 +41,13 @@ func New() *cli.App {
 			"plugin serves them to the kubelet as gpu.intel.com/i915 and gpu.intel.com/xe.",
 		EnableBashCompletion: true,
 		HideVersion:          true,
-		Commands: []*cli.Command{
+		Commands: append([]*cli.Command{
 			listCommand(),
 			generateCommand(),
 			pluginCommand(),
 			versionCommand(),
 			completionCommand(),
-		},
+		}, extra...),
 	}
 }
 
