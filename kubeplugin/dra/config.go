@@ -80,7 +80,8 @@ type Config struct {
 	// HealthResend is how often device health is sent to the kubelet when
 	// nothing changed.
 	HealthResend time.Duration
-	// Client reaches the API server: ResourceSlices, claims, the node.
+	// Client reaches the API server: ResourceSlices, claims, the node. New
+	// requires it; Validate, which checks what flags set, does not.
 	Client kubernetes.Interface
 	// Logger may be nil: nothing is logged.
 	Logger *slog.Logger
@@ -150,9 +151,6 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthResend <= 0 || c.HealthResend > MaxHealthResend {
 		return kubeplugin.Invalid("HealthResend", "%s is not between 0 and %s: the kubelet takes health not refreshed within 30s as Unknown", c.HealthResend, MaxHealthResend)
-	}
-	if c.Client == nil {
-		return kubeplugin.Invalid("Client", "is not set")
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/atomicfile"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 )
 
@@ -68,6 +69,9 @@ var (
 func New(cfg Config) (*Driver, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Client == nil {
+		return nil, kubeplugin.Invalid("Client", "is not set")
 	}
 	cfg = cfg.withDefaults()
 	d := &Driver{

@@ -80,7 +80,6 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"too many shares", func(c *Config) { c.SharedDevNum = MaxSharedDevNum + 1 }, "SharedDevNum"},
 		{"no health resend", func(c *Config) { c.HealthResend = 0 }, "HealthResend"},
 		{"a health resend the kubelet would not wait for", func(c *Config) { c.HealthResend = MaxHealthResend + 1 }, "HealthResend"},
-		{"no client", func(c *Config) { c.Client = nil }, "Client"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused naming "+tt.field, func(t *testing.T) {

@@ -114,13 +114,6 @@ func (c *config) complete(errw io.Writer) (*slog.Logger, error) {
 		return nil, err
 	}
 	c.DRA.SysfsRoot, c.DRA.Logger = c.NodeFlags.SysfsRoot(), log
-	rc, err := c.restConfig()
-	if err != nil {
-		return nil, err
-	}
-	if c.DRA.Client, err = kubernetes.NewForConfig(rc); err != nil {
-		return nil, fmt.Errorf("--kubeconfig: %w", err)
-	}
 	if err := c.DRA.Validate(); err != nil {
 		return nil, cdiapp.FieldFlagError(err, fieldFlags)
 	}
@@ -134,6 +127,16 @@ func (c *config) complete(errw io.Writer) (*slog.Logger, error) {
 	}
 	if c.KubeletSocketDir == "" {
 		return nil, fmt.Errorf("--kubelet-socket-dir: must not be empty")
+	}
+	// A test brings its own API server.
+	if c.DRA.Client == nil {
+		rc, err := c.restConfig()
+		if err != nil {
+			return nil, err
+		}
+		if c.DRA.Client, err = kubernetes.NewForConfig(rc); err != nil {
+			return nil, fmt.Errorf("--kubeconfig: %w", err)
+		}
 	}
 	return log, nil
 }
