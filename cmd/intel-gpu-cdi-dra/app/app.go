@@ -51,7 +51,18 @@ type config struct {
 	DRA              dra.Config
 	KubeletSocketDir string
 	Kubeconfig       string
+	KubeAPIQPS       float64
+	KubeAPIBurst     int
 }
+
+// Client-side rate limits of the API client. Every Prepare reads its claim
+// from the API server: client-go's own default of 5 requests per second
+// makes the pods that start together on a node wait 200 ms each for the
+// one before.
+const (
+	defaultKubeAPIQPS   = 50
+	defaultKubeAPIBurst = 100
+)
 
 // fieldFlags maps the DRA driver's configuration fields to their flags.
 var fieldFlags = map[string]string{
@@ -74,6 +85,8 @@ func (c *config) flags() []cli.Flag {
 		cdiapp.KubeletSocketDirFlag(&c.KubeletSocketDir),
 		cdiapp.SharedDevNumFlag(&c.DRA.SharedDevNum, "how many claims may share one GPU (consumable capacity \"shares\"); 1 makes every GPU exclusive"),
 		&cli.StringFlag{Name: "kubeconfig", Usage: "kubeconfig file to reach the API server with; empty uses the pod's service account", EnvVars: env("kubeconfig"), Destination: &c.Kubeconfig},
+		&cli.Float64Flag{Name: "kube-api-qps", Value: defaultKubeAPIQPS, Usage: "requests per second to the API server, sustained (each Prepare reads its claim)", EnvVars: env("kube-api-qps"), Destination: &c.KubeAPIQPS},
+		&cli.IntFlag{Name: "kube-api-burst", Value: defaultKubeAPIBurst, Usage: "requests to the API server in a burst above --kube-api-qps", EnvVars: env("kube-api-burst"), Destination: &c.KubeAPIBurst},
 	)
 }
 
@@ -144,17 +157,23 @@ func (c *config) complete(errw io.Writer) (*slog.Logger, error) {
 // restConfig reaches the API server through --kubeconfig, or else as the
 // pod's service account.
 func (c *config) restConfig() (*rest.Config, error) {
+	if c.KubeAPIQPS <= 0 {
+		return nil, fmt.Errorf("--kube-api-qps: %v is not positive", c.KubeAPIQPS)
+	}
+	if c.KubeAPIBurst < 1 {
+		return nil, fmt.Errorf("--kube-api-burst: %d is below 1", c.KubeAPIBurst)
+	}
+	var rc *rest.Config
+	var err error
 	if c.Kubeconfig != "" {
-		rc, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
-		if err != nil {
+		if rc, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig); err != nil {
 			return nil, fmt.Errorf("--kubeconfig: %w", err)
 		}
-		return rc, nil
-	}
-	rc, err := rest.InClusterConfig()
-	if err != nil {
+	} else if rc, err = rest.InClusterConfig(); err != nil {
 		return nil, fmt.Errorf("--kubeconfig: none given, and not in a pod: %w", err)
 	}
+	rc.QPS, rc.Burst = float32(c.KubeAPIQPS), c.KubeAPIBurst
+	rc.UserAgent = Name + "/" + cdiapp.Version
 	return rc, nil
 }
 

@@ -155,6 +155,8 @@ var badFlags = map[string][]string{
 	"kubelet-socket-dir":    {""},
 	"shared-dev-num":        {"0", "-1", "1025", "two"},
 	"kubeconfig":            {"/nonexistent/kubeconfig", "@file"},
+	"kube-api-qps":          {"0", "-1", "fast"},
+	"kube-api-burst":        {"0", "-5", "many"},
 }
 
 func TestEveryFlagRejectsBadValuesAtStartUp(t *testing.T) {
