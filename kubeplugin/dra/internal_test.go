@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes/fake"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestLabelValue(t *testing.T) {
 	tests := []struct{ reason, want string }{
