@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
-
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes/fake"
