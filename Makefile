@@ -2,6 +2,7 @@
 
 GO       ?= go
 BIN      := bin/intel-gpu-cdi
+DRA_BIN  := bin/intel-gpu-cdi-dra
 MODULE   := github.com/intel-gpu-cdi/intel-gpu-cdi
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X $(MODULE)/cmd/intel-gpu-cdi/app.Version=$(VERSION)
@@ -14,7 +15,7 @@ FUZZTIME  ?= 30s
 all: build
 
 help:
-	@echo 'build      bin/intel-gpu-cdi, version from git describe'
+	@echo 'build      bin/intel-gpu-cdi and bin/intel-gpu-cdi-dra (the DRA driver), version from git describe'
 	@echo 'test       go vet, gofmt check, go test -race ./..., and test/deploy when present'
 	@echo 'demo       list, generate and the kubelet plugin on a fake node of three GPUs (no GPU, no root needed)'
 	@echo 'bench      every benchmark with allocations, then the ratio table against the no-op plugin (see BENCHMARKS.md)'
@@ -25,6 +26,7 @@ help:
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/intel-gpu-cdi
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(DRA_BIN) ./cmd/intel-gpu-cdi-dra
 
 vet:
 	$(GO) vet ./...

@@ -5,6 +5,7 @@
 //     to whoever subscribes. It imports no adapter.
 //   - deviceplugin: the kubelet device plugin (v1beta1 gRPC), a subscriber.
 //   - dra: the Dynamic Resource Allocation kubelet plugin, a subscriber.
+//   - conflict: each plugin refuses to start where the other one serves.
 //   - metrics, nfd, probe: observers and endpoints the command wires in.
 //
 // This package holds what they share: the error a configuration check

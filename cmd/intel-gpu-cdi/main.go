@@ -6,9 +6,14 @@ import (
 	"context"
 	"os"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app"
 )
 
+// extra holds commands that build variants add (see combined_dra.go).
+var extra []*cli.Command
+
 func main() {
-	os.Exit(app.Main(context.Background(), os.Args, os.Stdout, os.Stderr))
+	os.Exit(app.Main(context.Background(), os.Args, os.Stdout, os.Stderr, extra...))
 }

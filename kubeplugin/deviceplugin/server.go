@@ -38,6 +38,13 @@ func socketName(resource string) string {
 	return "intel-gpu-cdi-" + resource[strings.LastIndexByte(resource, '/')+1:] + ".sock"
 }
 
+// SocketNames lists the socket of every resource the plugin may serve, as
+// named in the kubelet socket directory: the DRA driver refuses to start
+// where one of them is live.
+func SocketNames() []string {
+	return []string{socketName(ResourceI915), socketName(ResourceXe), socketName(ResourceMonitoring)}
+}
+
 // server owns the lifecycle of one resource's gRPC endpoint: socket,
 // serving, registration with the kubelet, and restart when the kubelet
 // comes back. The answers themselves come from service.

@@ -104,6 +104,10 @@ func build(devs []discovery.Device, statuses []health.Status, prev *Snapshot, c 
 	seen := map[string]bool{}
 	for i := range devs {
 		d := devs[i]
+		// Seen in the DRM class, so it does not linger as unhealthy below,
+		// even when it is no longer handed out: a PF whose VFs were just
+		// enabled still has its card.
+		seen[d.PCIAddress] = true
 		if !c.wanted(&d) || d.SRIOV.Role == discovery.RolePF {
 			// A PF with VFs enabled is not handed out: its VFs are.
 			continue
@@ -118,7 +122,6 @@ func build(devs []discovery.Device, statuses []health.Status, prev *Snapshot, c 
 			// Never bound while we watched: nothing says what it would be.
 			continue
 		}
-		seen[d.PCIAddress] = true
 		g := &GPU{Device: d, Driver: driver, Healthy: d.Usable(), Reason: d.Reason, CDIName: qualify(d.PCIAddress)}
 		switch {
 		case statuses == nil:

@@ -102,11 +102,20 @@ func cpuShare(a, b procSample) float64 {
 }
 
 // buildBinary builds cmd/intel-gpu-cdi as deployments/image/Dockerfile
-// does for the image the DaemonSet runs.
+// does for the image the DaemonSet runs. FOOTPRINT_TAGS adds build tags:
+// dra_combined measures the build that holds the DRA driver too
+// (BENCHMARKS.md, "One binary or two").
 func buildBinary(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "intel-gpu-cdi")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/intel-gpu-cdi")
+	return buildCmd(t, "intel-gpu-cdi", os.Getenv("FOOTPRINT_TAGS"))
+}
+
+// buildCmd builds the command cmd/<name> with the build tags (comma list,
+// may be empty) as the image does.
+func buildCmd(t testing.TB, name, tags string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", tags, "-ldflags", "-s -w", "-o", bin, "./cmd/"+name)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Dir = filepath.Join("..", "..")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -115,10 +124,8 @@ func buildBinary(t testing.TB) string {
 	return bin
 }
 
-// BenchmarkFootprint measures once, whatever b.N: each window is seconds
-// long, so the framework never asks for a second round.
-func BenchmarkFootprint(b *testing.B) {
-	var t testing.TB = b
+// footprintWindow is each measuring window: FOOTPRINT_SECONDS, default 10.
+func footprintWindow(t testing.TB) time.Duration {
 	window := 10 * time.Second
 	if s := os.Getenv("FOOTPRINT_SECONDS"); s != "" {
 		n, err := strconv.Atoi(s)
@@ -127,6 +134,14 @@ func BenchmarkFootprint(b *testing.B) {
 		}
 		window = time.Duration(n) * time.Second
 	}
+	return window
+}
+
+// BenchmarkFootprint measures once, whatever b.N: each window is seconds
+// long, so the framework never asks for a second round.
+func BenchmarkFootprint(b *testing.B) {
+	var t testing.TB = b
+	window := footprintWindow(t)
 	gpuCount := footprintGPUs
 	if s := os.Getenv("FOOTPRINT_GPUS"); s != "" {
 		n, err := strconv.Atoi(s)

@@ -40,7 +40,9 @@ func init() {
 
 // New returns the intel-gpu-cdi application. Run it with Main, which maps
 // its errors to exit statuses; running it directly (in tests) returns them.
-func New() *cli.App {
+// extra commands come after the built-in ones (a build variant adds the
+// DRA driver so).
+func New(extra ...*cli.Command) *cli.App {
 	// global receives the common flags given before the command; each
 	// command's own copy of them starts from it (see conventions).
 	var global commonConfig
@@ -51,14 +53,14 @@ func New() *cli.App {
 		Description: "list finds the Intel GPUs of this node, generate writes their CDI spec, " +
 			"plugin serves them to the kubelet as gpu.intel.com/i915 and gpu.intel.com/xe.",
 		Flags: global.flags(),
-		Commands: []*cli.Command{
+		Commands: append([]*cli.Command{
 			listCommand(),
 			generateCommand(),
 			pluginCommand(),
 			versionCommand(),
 			completionCommand(),
 			completeCommand(),
-		},
+		}, extra...),
 		// With no command: the help, on stdout, as asked for.
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {

@@ -83,8 +83,8 @@ func flagErrorText(s string) string {
 // the process exit status: ExitOK, ExitFailure or ExitUsage. A usage
 // error is written to stderr with a hint where to read the usage, and
 // nothing to stdout.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := New()
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer, extra ...*cli.Command) int {
+	a := New(extra...)
 	a.Writer, a.ErrWriter = stdout, stderr
 	err := a.RunContext(ctx, args)
 	if err == nil {

@@ -1,0 +1,93 @@
+package dra
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+)
+
+// hub holds the current inventory and wakes the health streams when a new
+// one is published.
+type hub struct {
+	mu      sync.Mutex
+	inv     *inventory
+	changed chan struct{}
+}
+
+// load returns the current inventory and a channel closed when it is
+// replaced.
+func (h *hub) load() (*inventory, <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.inv, h.changed
+}
+
+func (h *hub) current() *inventory {
+	inv, _ := h.load()
+	return inv
+}
+
+func (h *hub) publish(inv *inventory) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.inv = inv
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// goneMessage is the health message of a prepared device whose GPU left
+// the node.
+const goneMessage = "the GPU is no longer on the node"
+
+// WatchHealthStatus streams the health of every device to the kubelet,
+// which shows it in the status of the pods that use them
+// (allocatedResourcesStatus): a report at once, one on every change of the
+// node, and the same again every HealthResend, because the kubelet takes a
+// device whose health was not refreshed within 30 s as Unknown. A GPU that
+// left the node while a claim still holds it is reported Unhealthy until
+// that claim is unprepared, so its pod shows why its GPU is gone.
+func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
+	resend := time.NewTicker(d.cfg.HealthResend)
+	defer resend.Stop()
+	for {
+		inv, changed := d.hub.load()
+		select {
+		case <-ctx.Done():
+			return nil
+		case reports <- d.healthReport(inv, time.Now()):
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-resend.C:
+		}
+	}
+}
+
+// healthReport covers every device of inv and every prepared device that
+// left it.
+func (d *Driver) healthReport(inv *inventory, now time.Time) kubeletplugin.DeviceHealthReport {
+	pool := d.cfg.NodeName
+	devs := make([]kubeletplugin.DeviceHealth, 0, len(inv.byName))
+	for name, g := range inv.byName {
+		h := kubeletplugin.DeviceHealth{PoolName: pool, DeviceName: name, Health: kubeletplugin.HealthStatusHealthy, LastUpdated: now}
+		if !g.Healthy {
+			h.Health, h.Message = kubeletplugin.HealthStatusUnhealthy, g.Reason
+		}
+		devs = append(devs, h)
+	}
+	for name := range *d.preparedNames.Load() {
+		if _, ok := inv.byName[name]; !ok {
+			devs = append(devs, kubeletplugin.DeviceHealth{
+				PoolName: pool, DeviceName: name, Health: kubeletplugin.HealthStatusUnhealthy, LastUpdated: now, Message: goneMessage,
+			})
+		}
+	}
+	slices.SortFunc(devs, func(a, b kubeletplugin.DeviceHealth) int { return strings.Compare(a.DeviceName, b.DeviceName) })
+	return kubeletplugin.DeviceHealthReport{Devices: devs}
+}
