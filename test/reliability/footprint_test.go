@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/bench"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
@@ -106,7 +107,7 @@ func cpuShare(a, b procSample) float64 {
 func buildBinary(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "intel-gpu-cdi")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/intel-gpu-cdi")
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", bench.ProductTags, "-ldflags", "-s -w", "-o", bin, "./cmd/intel-gpu-cdi")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Dir = filepath.Join("..", "..")
 	if out, err := cmd.CombinedOutput(); err != nil {
