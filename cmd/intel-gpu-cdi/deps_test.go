@@ -2,6 +2,7 @@ package main
 
 import (
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -35,6 +36,39 @@ func TestTheBinaryLinksNothingItMustNot(t *testing.T) {
 			if d == f.prefix || strings.HasPrefix(d, f.prefix+"/") {
 				t.Errorf("%s is linked into intel-gpu-cdi: %s (go mod why -m %s)", d, f.why, f.prefix)
 			}
+		}
+	}
+}
+
+// Some costs come with a function, not a package: net/http is linked for
+// its handler types (gRPC links it too), but its Server brings TLS and
+// HTTP/2 along, 1.6 MB of binary; kubeplugin/httpserver does without it.
+var forbiddenSymbols = []struct{ symbol, why string }{
+	{"net/http.(*Server).Serve", "net/http's Server links TLS and HTTP/2: serve endpoints with kubeplugin/httpserver"},
+	{"crypto/tls.(*Conn).Handshake", "nothing here speaks TLS"},
+}
+
+func TestTheBinaryLinksNoHTTPServer(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "intel-gpu-cdi")
+	if out, err := exec.Command("go", "build", "-tags", bench.ProductTags, "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	out, err := exec.Command("go", "tool", "nm", bin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go tool nm: %v\n%s", err, out)
+	}
+	syms := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) >= 3 {
+			syms[f[len(f)-1]] = true
+		}
+	}
+	if !syms["main.main"] || !syms["google.golang.org/grpc.(*Server).Serve"] {
+		t.Fatalf("go tool nm listed no main.main or gRPC server: not the plugin's symbols")
+	}
+	for _, f := range forbiddenSymbols {
+		if syms[f.symbol] {
+			t.Errorf("%s is linked into intel-gpu-cdi: %s", f.symbol, f.why)
 		}
 	}
 }
