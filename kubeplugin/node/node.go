@@ -239,7 +239,8 @@ func (n *Node) rescan(ctx context.Context) {
 		return
 	}
 
-	both, only := union(next, prev), next.specDevices()
+	only := next.specDevices()
+	both := union(only, prev)
 	err = n.writeSpec(both)
 	if err != nil {
 		obs.Rescan(time.Since(start), err)
