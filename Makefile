@@ -6,6 +6,12 @@ DRA_BIN  := bin/intel-gpu-cdi-dra
 MODULE   := github.com/intel-gpu-cdi/intel-gpu-cdi
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X $(MODULE)/cmd/intel-gpu-cdi/app.Version=$(VERSION)
+# Build tags of every product build (here, deployments/image/Dockerfile,
+# test/bench; TestEveryProductBuildHasTheSameTags keeps them one):
+# urfave_cli_no_docs leaves out urfave/cli's man page and Markdown writers,
+# which no command uses, and the Markdown parser they link (BENCHMARKS.md,
+# "At the floor").
+TAGS     := urfave_cli_no_docs
 # auto: real char devices when mknod is permitted (root), else symlinks to host devices.
 DEMO_MODE ?= auto
 FUZZTIME  ?= 30s
@@ -25,8 +31,8 @@ help:
 	@echo 'clean      remove bin/'
 
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/intel-gpu-cdi
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(DRA_BIN) ./cmd/intel-gpu-cdi-dra
+	$(GO) build -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/intel-gpu-cdi
+	$(GO) build -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(DRA_BIN) ./cmd/intel-gpu-cdi-dra
 
 vet:
 	$(GO) vet ./...

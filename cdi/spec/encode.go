@@ -18,7 +18,8 @@ var ErrUnsupportedField = errors.New("field not supported by the spec encoder")
 // Marshal encodes a spec as Build makes them: kind, cdiVersion, devices
 // with device nodes (path, hostPath, type, major, minor, permissions) and
 // mounts (hostPath, containerPath, options, type), and edits for the whole
-// spec of the same kind.
+// spec of the same kind. It refuses a spec that the CDI library would
+// refuse (see Check), so that its bytes can go to disk as they are.
 //
 // It writes the bytes directly from the typed spec. encoding/json spends
 // most of its time in reflection, and sigs.k8s.io/yaml goes through JSON
@@ -33,6 +34,14 @@ func Marshal(s *specs.Spec, f Format) ([]byte, error) {
 	if err := supported(s); err != nil {
 		return nil, fmt.Errorf("encoding CDI spec %s: %w", s.Kind, err)
 	}
+	if err := Check(s); err != nil {
+		return nil, fmt.Errorf("encoding CDI spec %s: %w", s.Kind, err)
+	}
+	return encode(s, f)
+}
+
+// encode writes a spec whose fields the encoder supports.
+func encode(s *specs.Spec, f Format) ([]byte, error) {
 	var e encoder
 	switch f {
 	case FormatJSON:
@@ -151,8 +160,7 @@ func (e *encoder) json(s *specs.Spec) {
 }
 
 // sizeHint is a little more than the JSON encoding's size (YAML takes
-// about a tenth more), so that the buffer is allocated once: the plugin
-// keeps the bytes it wrote, and with them any spare capacity.
+// about a tenth more), so that the buffer is allocated once.
 func sizeHint(s *specs.Spec, yaml bool) int {
 	n := 64 + len(s.Version) + len(s.Kind)
 	opt := func(v string, key int) int {

@@ -66,12 +66,13 @@ const dirMode fs.FileMode = 0o755
 // that leftovers of a killed writer can be found and removed.
 const tempPrefix = ".intel-gpu-cdi-"
 
-// Write validates the spec with the CDI library and writes it to path
-// atomically: a temporary file in the same directory, fsynced, made 0644,
-// validated by reading it back, then renamed over path. It writes only
-// where CheckOwner allows: nothing at path, or a spec of the same kind;
-// anything else is refused with a *NotOwnedError. On any error path is
-// left as it was. The parent directory is created 0755 when missing.
+// Write encodes the spec with Marshal, which refuses a spec the CDI
+// library would refuse, and writes it to path atomically: a temporary
+// file in the same directory, fsynced, made 0644, then renamed over path.
+// It writes only where CheckOwner allows: nothing at path, or a spec of
+// the same kind; anything else is refused with a *NotOwnedError. On any
+// error path is left as it was. The parent directory is created 0755 when
+// missing.
 func Write(path string, s *specs.Spec, f Format) error {
 	data, err := Marshal(s, f)
 	if err != nil {
@@ -83,15 +84,16 @@ func Write(path string, s *specs.Spec, f Format) error {
 	return WriteEncoded(path, data)
 }
 
-// WriteEncoded is Write for a spec that is already encoded, without the
-// ownership check: for a caller that owns path by other means (the
-// plugin's own file in its own spec directory).
+// WriteEncoded is Write for a spec that Marshal already encoded, without
+// the ownership check: for a caller that owns path by other means (the
+// plugin's own file in its own spec directory). data must be Marshal's:
+// it is not checked again.
 func WriteEncoded(path string, data []byte) error {
 	dir := filepath.Dir(path)
 	if err := mkdirAll(dir, dirMode); err != nil {
 		return fmt.Errorf("creating CDI spec directory %s: %w", dir, err)
 	}
-	err := atomicfile.Write(path, tempPrefix+filepath.Base(path)+".*", data, Mode, validateFile)
+	err := atomicfile.Write(path, tempPrefix+filepath.Base(path)+".*", data, Mode, nil)
 	if err != nil {
 		return fmt.Errorf("writing CDI spec %s: %w", path, err)
 	}
@@ -129,18 +131,16 @@ func mkdirAll(dir string, perm fs.FileMode) error {
 
 // Validate checks an encoded spec exactly as a runtime would read it: with
 // the CDI library's strict parser and validation. It needs a scratch file,
-// since the library validates only what it reads from disk.
+// since the library validates only what it reads from disk, and allocates
+// in proportion to the spec: the writers rely on Check instead, and the
+// tests hold Check and the encoder to this.
 func Validate(data []byte) error {
 	tmp, err := atomicfile.WriteTemp(os.TempDir(), tempPrefix+"validate.*", data, Mode)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp)
-	return validateFile(tmp)
-}
-
-func validateFile(p string) error {
-	if _, err := cdiapi.ReadSpec(p, 0); err != nil {
+	if _, err := cdiapi.ReadSpec(tmp, 0); err != nil {
 		return fmt.Errorf("CDI spec rejected by the CDI library: %w", err)
 	}
 	return nil

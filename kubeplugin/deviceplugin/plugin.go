@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/retry"
@@ -120,7 +119,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 	}
 	defer p.close()
 
-	restarts := retry.New(wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Cap: 30 * time.Second})
+	restarts := retry.New(retry.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Cap: 30 * time.Second})
 	defer restarts.Reset()
 	// The kubelet may have made its directory between an Update that
 	// found none and the watches above.

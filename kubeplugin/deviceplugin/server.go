@@ -16,7 +16,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"k8s.io/apimachinery/pkg/util/wait"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/retry"
@@ -139,7 +138,7 @@ func (s *server) restart(ctx context.Context) error {
 // registerBackoff paces registration retries. The first retry comes soon:
 // kubelet.sock appears when the kubelet binds it, a moment before it
 // listens, and a register in that moment is refused.
-var registerBackoff = wait.Backoff{Duration: 5 * time.Millisecond, Factor: 2, Cap: 5 * time.Second}
+var registerBackoff = retry.Backoff{Duration: 5 * time.Millisecond, Factor: 2, Cap: 5 * time.Second}
 
 const registerTimeout = 5 * time.Second
 

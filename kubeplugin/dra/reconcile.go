@@ -8,14 +8,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/retry"
 )
 
 // reconcileBackoff paces the retries of a reconciliation the API server
 // did not answer.
-var reconcileBackoff = wait.Backoff{Duration: time.Second, Factor: 2, Cap: time.Minute}
+var reconcileBackoff = retry.Backoff{Duration: time.Second, Factor: 2, Cap: time.Minute}
 
 // reconcileSoon asks for a reconciliation; requests made while one waits
 // are one.

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -195,7 +196,11 @@ type hwmonReading struct {
 	value        int64
 }
 
-var hwmonInput = regexp.MustCompile(`^(temp|power|energy)([0-9]+)_(input|average)$`)
+// The regular expressions of this file are compiled on first use: the
+// plugin without --metrics-address never needs them.
+var hwmonInput = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^(temp|power|energy)([0-9]+)_(input|average)$`)
+})
 
 // hwmonReadings reads every temperature, power and energy channel of the
 // hwmon devices below the function. A channel is named by its label file
@@ -224,7 +229,7 @@ func hwmonReadings(fnDir string) []hwmonReading {
 			return names[i] < names[j]
 		})
 		for _, name := range names {
-			m := hwmonInput.FindStringSubmatch(name)
+			m := hwmonInput().FindStringSubmatch(name)
 			if m == nil || (m[3] == "average" && m[1] != "power") {
 				continue
 			}
@@ -258,7 +263,7 @@ type gtFrequency struct {
 	mhz      int64
 }
 
-var gtName = regexp.MustCompile(`^gt[0-9]+$`)
+var gtName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^gt[0-9]+$`) })
 
 // gtFrequencies reads the GT frequencies where each driver keeps them:
 // i915 per GT on the card (cardN/gt/gtK/rps_*_freq_mhz; older kernels only
@@ -277,7 +282,7 @@ func gtFrequencies(root, fnDir, card string) []gtFrequency {
 		gts, _ := filepath.Glob(filepath.Join(cardDir, "gt", "gt[0-9]*"))
 		sort.Strings(gts)
 		for _, dir := range gts {
-			if gt := filepath.Base(dir); gtName.MatchString(gt) {
+			if gt := filepath.Base(dir); gtName().MatchString(gt) {
 				for _, k := range kinds {
 					add(gt, k, filepath.Join(dir, "rps_"+k+"_freq_mhz"))
 				}
@@ -292,7 +297,7 @@ func gtFrequencies(root, fnDir, card string) []gtFrequency {
 	freqs, _ := filepath.Glob(filepath.Join(fnDir, "tile[0-9]*", "gt[0-9]*", "freq0"))
 	sort.Strings(freqs)
 	for _, dir := range freqs {
-		if gt := filepath.Base(filepath.Dir(dir)); gtName.MatchString(gt) {
+		if gt := filepath.Base(filepath.Dir(dir)); gtName().MatchString(gt) {
 			for _, k := range kinds {
 				add(gt, k, filepath.Join(dir, k+"_freq"))
 			}

@@ -37,6 +37,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
@@ -66,8 +67,11 @@ type Label struct{ Name, Value string }
 
 // The name part (after the prefix) and the value of a Kubernetes label: at
 // most 63 characters, alphanumeric at both ends, -_. inside. A value may
-// also be empty, which no label here ever is.
-var labelPart = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
+// also be empty, which no label here ever is. Compiled on first use: the
+// feature file is optional, and a plugin without it should not pay.
+var labelPart = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
+})
 
 // GPU is one GPU the plugin lists, with its health.
 type GPU struct {
@@ -129,7 +133,7 @@ func LabelsOf(gpus []GPU) []Label {
 	}
 	var out []Label
 	add := func(name, value string) {
-		if labelPart.MatchString(strings.TrimPrefix(name, Prefix)) && labelPart.MatchString(value) {
+		if labelPart().MatchString(strings.TrimPrefix(name, Prefix)) && labelPart().MatchString(value) {
 			out = append(out, Label{name, value})
 		}
 	}

@@ -1,19 +1,16 @@
 package node
 
 import (
-	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
@@ -60,7 +57,7 @@ type Node struct {
 	ping chan chan struct{}
 
 	// Owned by the loop goroutine.
-	written []byte // the spec on disk as last written by us; nil when none
+	written *[sha256.Size]byte // the digest of the spec we last wrote; nil when none
 	retry   *retry.Retry
 
 	view devView
@@ -76,7 +73,7 @@ func New(cfg Config) (*Node, error) {
 		cfg:      cfg,
 		specPath: filepath.Join(cfg.CDISpecDir, cfg.Builder.FileName()+".json"),
 		ping:     make(chan chan struct{}),
-		retry:    retry.New(wait.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Cap: 30 * time.Second}),
+		retry:    retry.New(retry.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Cap: 30 * time.Second}),
 		view:     newDevView(cfg.Scanner.DevRoot()),
 	}
 	n.snap.Store(&Snapshot{AllCDIName: cfg.Builder.QualifiedName(allDevice)})
@@ -242,8 +239,9 @@ func (n *Node) rescan(ctx context.Context) {
 		return
 	}
 
-	both, only := union(next, prev), next.specDevices()
-	wroteUnion, err := n.writeSpec(both)
+	only := next.specDevices()
+	both := union(only, prev)
+	err = n.writeSpec(both)
 	if err != nil {
 		obs.Rescan(time.Since(start), err)
 		log.Error("writing CDI spec; keeping the previous snapshot", "path", n.specPath, "err", err)
@@ -254,9 +252,8 @@ func (n *Node) rescan(ctx context.Context) {
 	failed := n.publish(ctx, next)
 	// union holds next's GPUs and those leaving; with none leaving the
 	// spec is already exactly next's, and building it again is waste.
-	wroteTrim := false
 	if len(both) != len(only) {
-		wroteTrim, err = n.writeSpec(only)
+		err = n.writeSpec(only)
 	}
 	switch {
 	case err != nil:
@@ -271,14 +268,6 @@ func (n *Node) rescan(ctx context.Context) {
 		n.ready.Store(true)
 	}
 	obs.Rescan(time.Since(start), err)
-	if wroteUnion || wroteTrim {
-		// Writing a spec reads it back through the CDI library, whose
-		// parser makes garbage in proportion to the node. Nothing else
-		// allocates on an idle node, so no collection would come for
-		// minutes and the process would keep that memory: return it now.
-		// Specs change only when GPUs do.
-		debug.FreeOSMemory()
-	}
 }
 
 // publish hands the snapshot to every subscriber and reports whether one
@@ -314,43 +303,45 @@ func (n *Node) specCurrent() bool {
 }
 
 // writeSpec makes the spec on disk hold exactly devs, writing only when
-// that changes what is there, and reports whether it wrote. With no device
-// the spec is removed: a CDI spec must have one.
-func (n *Node) writeSpec(devs []discovery.Device) (bool, error) {
+// that changes what is there. With no device the spec is removed: a CDI
+// spec must have one.
+func (n *Node) writeSpec(devs []discovery.Device) error {
 	obs := n.cfg.Observer
 	if len(devs) == 0 {
-		removed, err := spec.RemoveStale(n.specPath, n.cfg.Builder.Kind())
-		if err != nil {
+		if _, err := spec.RemoveStale(n.specPath, n.cfg.Builder.Kind()); err != nil {
 			obs.SpecWrite(err)
-			return false, err
+			return err
 		}
 		n.written = nil
-		return removed, nil
+		return nil
 	}
 	s, err := n.cfg.Builder.Build(devs)
 	if err != nil {
-		return false, err
+		return err
 	}
 	data, err := spec.Marshal(s, spec.FormatJSON)
 	if err != nil {
-		return false, err
+		return err
 	}
-	if bytes.Equal(data, n.written) {
+	// A digest, not the bytes: they would stay live as long as the spec
+	// does not change, which on a node is for ever.
+	sum := sha256.Sum256(data)
+	if n.written != nil && *n.written == sum {
 		if _, err := os.Stat(n.specPath); err == nil {
-			return false, nil
+			return nil
 		}
 	}
 	if err := n.stillOurs(); err != nil {
 		obs.SpecWrite(err)
-		return false, err
+		return err
 	}
 	err = spec.WriteEncoded(n.specPath, data)
 	obs.SpecWrite(err)
 	if err != nil {
-		return false, err
+		return err
 	}
-	n.written = data
-	return true, nil
+	n.written = &sum
+	return nil
 }
 
 // stillOurs checks, cheaply, that nothing but a regular file took the

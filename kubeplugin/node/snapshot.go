@@ -76,7 +76,7 @@ func (s *Snapshot) Healthy() []*GPU {
 // it is no longer handed out, but a container it was given before can
 // still be started with it; a GPU without its nodes cannot be injected.
 func (s *Snapshot) specDevices() []discovery.Device {
-	var out []discovery.Device
+	out := make([]discovery.Device, 0, len(s.GPUs))
 	for _, g := range s.GPUs {
 		if g.Device.Usable() {
 			out = append(out, g.Device)
@@ -101,7 +101,8 @@ func build(devs []discovery.Device, statuses []health.Status, prev *Snapshot, c 
 		ByPathLinks: c.Builder.ByPathMode() != spec.ByPathNone,
 		Generation:  prev.Generation + 1,
 	}
-	seen := map[string]bool{}
+	s.GPUs = make([]*GPU, 0, len(devs)+len(prev.GPUs))
+	seen := make(map[string]bool, len(devs))
 	for i := range devs {
 		d := devs[i]
 		// Seen in the DRM class, so it does not linger as unhealthy below,
@@ -152,21 +153,31 @@ func build(devs []discovery.Device, statuses []health.Status, prev *Snapshot, c 
 	return s
 }
 
-// union returns the healthy GPUs of next and prev, each once: the spec is
-// written with both before a change is published, so that neither an added
-// nor a removed GPU is ever advertised without its spec on disk. When a new
-// GPU took the card name of a leaving one, the new one keeps the name.
-func union(next, prev *Snapshot) []discovery.Device {
-	devs := next.specDevices()
-	pcis, cards := map[string]bool{}, map[string]bool{}
-	for _, d := range devs {
+// union returns the spec devices of the next snapshot (next, from
+// specDevices) and those of prev, each once: the spec is written with both
+// before a change is published, so that neither an added nor a removed GPU
+// is ever advertised without its spec on disk. When a new GPU took the
+// card name of a leaving one, the new one keeps the name. With nothing
+// leaving it returns next itself.
+func union(next []discovery.Device, prev *Snapshot) []discovery.Device {
+	old := prev.specDevices()
+	if len(old) == 0 {
+		return next
+	}
+	pcis, cards := make(map[string]bool, len(next)), make(map[string]bool, len(next))
+	for _, d := range next {
 		pcis[d.PCIAddress], cards[d.Card] = true, true
 	}
-	for _, d := range prev.specDevices() {
+	var leaving []discovery.Device
+	for _, d := range old {
 		if !pcis[d.PCIAddress] && !cards[d.Card] {
-			devs = append(devs, d)
+			leaving = append(leaving, d)
 		}
 	}
+	if len(leaving) == 0 {
+		return next
+	}
+	devs := slices.Concat(next, leaving)
 	slices.SortFunc(devs, func(x, y discovery.Device) int { return strings.Compare(x.PCIAddress, y.PCIAddress) })
 	return devs
 }

@@ -91,17 +91,24 @@ func TestUnionKeepsLeavingGPUsAndGivesACardNameToTheNewcomer(t *testing.T) {
 	prev := build([]discovery.Device{dev("0000:03:00.0", "card1", "0x56a0", "i915")}, nil, &Snapshot{}, &cfg, never, qualify)
 	next := build([]discovery.Device{dev("0000:0a:00.0", "card2", "0x56a0", "i915")}, nil, prev, &cfg, func(string) bool { return true }, qualify)
 	var got []string
-	for _, d := range union(next, prev) {
+	for _, d := range union(next.specDevices(), prev) {
 		got = append(got, d.PCIAddress+"/"+d.Card)
 	}
 	assert.Equal(t, []string{"0000:03:00.0/card1", "0000:0a:00.0/card2"}, got)
 
 	taken := build([]discovery.Device{dev("0000:0a:00.0", "card1", "0x56a0", "i915")}, nil, prev, &cfg, func(string) bool { return true }, qualify)
 	got = nil
-	for _, d := range union(taken, prev) {
+	for _, d := range union(taken.specDevices(), prev) {
 		got = append(got, d.PCIAddress+"/"+d.Card)
 	}
 	assert.Equal(t, []string{"0000:0a:00.0/card1"}, got, "the newcomer keeps card1; the leaving GPU's entry would clash with it")
+
+	// The same GPUs again, or none before: the next snapshot's devices
+	// as they are, not a copy.
+	same := build([]discovery.Device{dev("0000:03:00.0", "card1", "0x56a0", "i915")}, nil, prev, &cfg, never, qualify)
+	devs := same.specDevices()
+	assert.Same(t, &devs[0], &union(devs, prev)[0])
+	assert.Same(t, &devs[0], &union(devs, &Snapshot{})[0])
 }
 
 func TestSameGPUsSeesEveryChangeThatMattersToASubscriber(t *testing.T) {

@@ -1,40 +1,50 @@
 // Package retry is the one way the kubelet plugins retry what failed: an
-// exponential backoff (k8s.io/apimachinery's wait.Backoff) either driven by
-// an event loop (Retry) or run to success (Until).
+// exponential backoff either driven by an event loop (Retry) or run to
+// success (Until).
 package retry
 
 import (
 	"context"
-	"math"
 	"time"
-
-	"k8s.io/apimachinery/pkg/util/wait"
 )
+
+// Backoff is an exponential backoff: the first wait is Duration, and each
+// next one is Factor times the last, up to Cap (no cap when 0). A Factor
+// of 0 or 1 waits Duration every time. Its fields are those of
+// k8s.io/apimachinery's wait.Backoff that the plugins use; the device
+// plugin's binary does without that module, whose klog this would link.
+type Backoff struct {
+	Duration time.Duration
+	Factor   float64
+	Cap      time.Duration
+}
+
+// Step returns the wait before the next attempt and moves b on.
+func (b *Backoff) Step() time.Duration {
+	d := b.Duration
+	if b.Factor > 1 && (b.Cap <= 0 || b.Duration < b.Cap) {
+		b.Duration = time.Duration(float64(b.Duration) * b.Factor)
+		if b.Cap > 0 && b.Duration > b.Cap {
+			b.Duration = b.Cap
+		}
+	}
+	return d
+}
 
 // Retry schedules the next attempt of something an event loop retries:
 // the loop selects on After, makes the attempt, and calls Reset when it
 // succeeded or Failed when it did not. It is owned by one goroutine.
 type Retry struct {
-	initial wait.Backoff
-	cur     wait.Backoff
+	initial Backoff
+	cur     Backoff
 	timer   *time.Timer
 	at      time.Time
 }
 
 // New returns a Retry that waits b.Duration after the first failure and
 // grows by b.Factor up to b.Cap.
-func New(b wait.Backoff) *Retry {
-	b = grow(b)
+func New(b Backoff) *Retry {
 	return &Retry{initial: b, cur: b}
-}
-
-// grow makes a backoff without a step count grow until its cap: with
-// Steps 0, wait.Backoff never grows.
-func grow(b wait.Backoff) wait.Backoff {
-	if b.Steps == 0 {
-		b.Steps = math.MaxInt32
-	}
-	return b
 }
 
 // Failed schedules the next attempt and returns how long until it. While
@@ -81,8 +91,7 @@ func (r *Retry) After() <-chan time.Time {
 // Until calls f until it returns nil or ctx ends, waiting per b between
 // attempts; onErr, when not nil, hears each failure and the wait before the
 // next attempt. It returns ctx's error when ctx ends first.
-func Until(ctx context.Context, b wait.Backoff, f func() error, onErr func(err error, next time.Duration)) error {
-	b = grow(b)
+func Until(ctx context.Context, b Backoff, f func() error, onErr func(err error, next time.Duration)) error {
 	for {
 		err := f()
 		if err == nil {

@@ -22,6 +22,11 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
 
+// ProductTags are the build tags of the product's builds: the Makefile's
+// TAGS, which deployments/image/Dockerfile uses too
+// (TestEveryProductBuildHasTheSameTags).
+const ProductTags = "urfave_cli_no_docs"
+
 // Candidate is one program (or one mode of a program) under measurement.
 // Adding a candidate is adding one of these: a DRA plugin's would start
 // with its own flags, be ready when its registration socket answers, and

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/bench"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
@@ -110,10 +111,15 @@ func buildBinary(t testing.TB) string {
 	return buildCmd(t, "intel-gpu-cdi", os.Getenv("FOOTPRINT_TAGS"))
 }
 
-// buildCmd builds the command cmd/<name> with the build tags (comma list,
-// may be empty) as the image does.
+// buildCmd builds the command cmd/<name> as the image does: with the
+// product's build tags, plus tags (a comma list, may be empty).
 func buildCmd(t testing.TB, name, tags string) string {
 	t.Helper()
+	if tags != "" {
+		tags = bench.ProductTags + "," + tags
+	} else {
+		tags = bench.ProductTags
+	}
 	bin := filepath.Join(t.TempDir(), name)
 	cmd := exec.Command("go", "build", "-trimpath", "-tags", tags, "-ldflags", "-s -w", "-o", bin, "./cmd/"+name)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

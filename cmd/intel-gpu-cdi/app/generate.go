@@ -72,9 +72,6 @@ func generateCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				if err := spec.Validate(data); err != nil {
-					return err
-				}
 				_, err = c.App.Writer.Write(data)
 				return err
 			}
