@@ -4,15 +4,13 @@
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi-dra/app"
+	cdiapp "github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app"
 )
 
 func main() {
-	if err := app.New().Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", app.Name, err)
-		os.Exit(1)
-	}
+	os.Exit(cdiapp.Run(context.Background(), app.New(), os.Args, os.Stdout, os.Stderr))
 }

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime"
 	"sync"
 	"syscall"
 
@@ -102,21 +101,23 @@ func Command() *cli.Command {
 
 // New returns the intel-gpu-cdi-dra application: the driver runs without
 // a subcommand; `version` prints the version.
+// It follows the command line conventions of intel-gpu-cdi (run it with
+// cdiapp.Run): usage errors exit 2 with nothing on stdout, an empty
+// variable is no setting, arguments are refused, --version is global.
 func New() *cli.App {
 	var c config
-	return &cli.App{
-		Name: Name, Usage: usage, Description: description, Version: cdiapp.Version, HideVersion: true,
+	a := &cli.App{
+		Name: Name, Usage: usage, Description: description, Version: cdiapp.Version,
 		Flags:  c.flags(),
-		Action: func(ctx *cli.Context) error { return c.run(ctx.Context, ctx.App.ErrWriter) },
+		Action: cdiapp.NoArgs(func(ctx *cli.Context) error { return c.run(ctx.Context, ctx.App.ErrWriter) }),
 		Commands: []*cli.Command{{
-			Name:  "version",
-			Usage: "print the version",
-			Action: func(ctx *cli.Context) error {
-				_, err := fmt.Fprintf(ctx.App.Writer, "%s %s (%s, %s/%s)\n", Name, cdiapp.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-				return err
-			},
+			Name:   "version",
+			Usage:  "print the version",
+			Action: func(ctx *cli.Context) error { return cdiapp.PrintVersion(ctx.App.Writer, Name) },
 		}},
 	}
+	cdiapp.Conventions(a)
+	return a
 }
 
 // complete checks every flag, so that a bad value stops start-up with an

@@ -35,7 +35,7 @@ func env(flag string) []string {
 func init() {
 	// urfave/cli's own --version has the alias -v, which is --verbose here.
 	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version and exit"}
-	cli.VersionPrinter = func(c *cli.Context) { _ = printVersion(c.App.Writer) }
+	cli.VersionPrinter = func(c *cli.Context) { _ = PrintVersion(c.App.Writer, c.App.Name) }
 }
 
 // New returns the intel-gpu-cdi application. Run it with Main, which maps
@@ -87,8 +87,12 @@ func versionCommand() *cli.Command {
 	}
 }
 
-func printVersion(w io.Writer) error {
-	_, err := fmt.Fprintf(w, "intel-gpu-cdi %s (%s, %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+func printVersion(w io.Writer) error { return PrintVersion(w, "intel-gpu-cdi") }
+
+// PrintVersion prints a binary's name, the version, the Go version and the
+// platform.
+func PrintVersion(w io.Writer, name string) error {
+	_, err := fmt.Fprintf(w, "%s %s (%s, %s/%s)\n", name, Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return err
 }
 

@@ -16,7 +16,16 @@ import (
 //     environment;
 //   - usage errors are returned, not printed with the help on stdout;
 //   - a command takes no arguments unless it says so.
-func conventions(a *cli.App) {
+func conventions(a *cli.App) { Conventions(a) }
+
+// Conventions applies the rules above to a: the DRA driver's binary
+// follows them too. An app whose own Action runs (no command) takes no
+// arguments either.
+func Conventions(a *cli.App) {
+	a.OnUsageError = onUsageError
+	// Errors go back to Run, which alone decides the exit status: the
+	// default handler calls os.Exit from inside the library.
+	a.ExitErrHandler = func(*cli.Context, error) {}
 	globals := map[string]cli.Flag{}
 	for i, f := range a.Flags {
 		a.Flags[i] = envAware(f, nil)
@@ -35,10 +44,17 @@ func conventions(a *cli.App) {
 	}
 }
 
+// NoArgs makes an action refuse arguments as a usage error.
+func NoArgs(action cli.ActionFunc) cli.ActionFunc { return noArgs(action) }
+
 func noArgs(action cli.ActionFunc) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		if c.Args().Present() {
-			return usageErrorf(c, "unexpected argument %q: %s takes only flags", c.Args().First(), c.Command.Name)
+			name := c.App.Name
+			if c.Command != nil && c.Command.Name != "" {
+				name = c.Command.Name
+			}
+			return usageErrorf(c, "unexpected argument %q: %s takes only flags", c.Args().First(), name)
 		}
 		return action(c)
 	}
@@ -65,6 +81,10 @@ func envAware(f cli.Flag, parent cli.Flag) cli.Flag {
 		return &intFlag{IntFlag: f}
 	case *cli.DurationFlag:
 		return &durationFlag{DurationFlag: f}
+	case *cli.Uint64Flag:
+		return &uint64Flag{Uint64Flag: f}
+	case *cli.Float64Flag:
+		return &float64Flag{Float64Flag: f}
 	}
 	return f
 }
@@ -105,6 +125,18 @@ type durationFlag struct{ *cli.DurationFlag }
 
 func (f *durationFlag) Apply(set *flag.FlagSet) error {
 	return withEnv(&f.EnvVars, false, func() error { return f.DurationFlag.Apply(set) })
+}
+
+type uint64Flag struct{ *cli.Uint64Flag }
+
+func (f *uint64Flag) Apply(set *flag.FlagSet) error {
+	return withEnv(&f.EnvVars, false, func() error { return f.Uint64Flag.Apply(set) })
+}
+
+type float64Flag struct{ *cli.Float64Flag }
+
+func (f *float64Flag) Apply(set *flag.FlagSet) error {
+	return withEnv(&f.EnvVars, false, func() error { return f.Float64Flag.Apply(set) })
 }
 
 // keepDefaultText pins the default the help shows before the value is

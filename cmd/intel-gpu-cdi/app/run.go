@@ -84,7 +84,11 @@ func flagErrorText(s string) string {
 // error is written to stderr with a hint where to read the usage, and
 // nothing to stdout.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer, extra ...*cli.Command) int {
-	a := New(extra...)
+	return Run(ctx, New(extra...), args, stdout, stderr)
+}
+
+// Run runs a (an app that follows Conventions) as Main does.
+func Run(ctx context.Context, a *cli.App, args []string, stdout, stderr io.Writer) int {
 	a.Writer, a.ErrWriter = stdout, stderr
 	err := a.RunContext(ctx, args)
 	if err == nil {
