@@ -70,15 +70,3 @@ func TestCheck(t *testing.T) {
 		}
 	})
 }
-
-func TestRegistryBeside(t *testing.T) {
-	for in, want := range map[string]string{
-		"/var/lib/kubelet/device-plugins":  "/var/lib/kubelet/plugins_registry",
-		"/var/lib/kubelet/device-plugins/": "/var/lib/kubelet/plugins_registry",
-		"/data/kubelet/device-plugins":     "/data/kubelet/plugins_registry",
-	} {
-		if got := conflict.RegistryBeside(in); got != want {
-			t.Errorf("RegistryBeside(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

@@ -25,7 +25,7 @@ const (
 	DefaultDriverName = conflict.DefaultDRADriverName
 	// DefaultRegistrarDir is where the kubelet looks for registration
 	// sockets.
-	DefaultRegistrarDir = "/var/lib/kubelet/plugins_registry"
+	DefaultRegistrarDir = conflict.DefaultRegistrarDir
 	// DefaultPluginsDir holds one data directory per kubelet plugin: ours is
 	// <dir>/<driver name>, with the DRA socket and the checkpoint.
 	DefaultPluginsDir = "/var/lib/kubelet/plugins"

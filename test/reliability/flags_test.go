@@ -36,6 +36,7 @@ var badFlags = []struct {
 	{flag: "class", values: []string{"", "g/pu", "gpu!"}},
 	{flag: "by-path", values: []string{"", "all", "Single"}},
 	{flag: "kubelet-socket-dir", values: []string{"", "@file", "/" + strings.Repeat("k", 100)}},
+	{flag: "kubelet-registrar-dir", values: []string{"@file", "relative/plugins_registry"}},
 	{flag: "cdi-spec-dir", values: []string{"", "@file"}},
 	{flag: "shared-dev-num", values: []string{"0", "-1", "1025", "two", ""}, env: []string{"0"}},
 	{flag: "allocation-policy", values: []string{"", "random", "Packed"}},

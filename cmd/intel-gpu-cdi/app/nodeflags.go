@@ -11,6 +11,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/conflict"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
@@ -133,6 +134,13 @@ func (f *NodeFlags) SysfsRoot() string { return f.common.SysfsRoot }
 // directory: `plugin` serves there, the DRA driver checks that it does not.
 func KubeletSocketDirFlag(dest *string) cli.Flag {
 	return &cli.StringFlag{Name: "kubelet-socket-dir", Value: deviceplugin.DefaultKubeletSocketDir, Usage: "the kubelet's device-plugin directory (holds kubelet.sock); it need not exist yet: the plugin waits for the kubelet to make it", EnvVars: env("kubelet-socket-dir"), Destination: dest}
+}
+
+// KubeletRegistrarDirFlag is --kubelet-registrar-dir, the kubelet's
+// plugins_registry directory: the DRA driver registers there, `plugin`
+// checks that no DRA driver did.
+func KubeletRegistrarDirFlag(dest *string, usage string) cli.Flag {
+	return &cli.StringFlag{Name: "kubelet-registrar-dir", Value: conflict.DefaultRegistrarDir, Usage: usage, EnvVars: env("kubelet-registrar-dir"), Destination: dest}
 }
 
 // SharedDevNumFlag is --shared-dev-num: how many containers (device

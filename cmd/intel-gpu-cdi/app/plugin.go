@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,6 +31,7 @@ type pluginConfig struct {
 	AllocationPolicy   string
 	DeviceListStrategy string
 	NFDFeaturesDir     string
+	RegistrarDir       string
 }
 
 // fieldFlags maps the device plugin's configuration fields to the flags
@@ -52,6 +54,7 @@ func (c *pluginConfig) flags() []cli.Flag {
 		&cli.StringFlag{Name: "allocation-policy", Value: string(c.DevicePlugin.Policy), Usage: "preferred allocation with shared GPUs: none (spread), balanced or packed", EnvVars: env("allocation-policy"), Destination: &c.AllocationPolicy},
 		&cli.StringFlag{Name: "device-list-strategy", Value: string(deviceplugin.StrategyCDICRI), Usage: "comma list of cdi-cri, cdi-annotations, device-specs", EnvVars: env("device-list-strategy"), Destination: &c.DeviceListStrategy},
 		&cli.BoolFlag{Name: "enable-monitoring", Usage: "advertise gpu.intel.com/monitoring: one device that gets every GPU", EnvVars: env("enable-monitoring"), Destination: &c.DevicePlugin.EnableMonitoring},
+		KubeletRegistrarDirFlag(&c.RegistrarDir, "the kubelet's plugins_registry directory, looked at (never written) for a DRA driver of the same GPUs, beside which the plugin refuses to start; it moves with the kubelet's --root-dir"),
 		&cli.StringFlag{Name: "nfd-features-dir", Usage: "Node Feature Discovery features.d directory (such as " + nfd.DefaultFeaturesDir + ") to keep gpu.intel.com/ labels in; empty writes none", EnvVars: env("nfd-features-dir"), Destination: &c.NFDFeaturesDir},
 	)
 }
@@ -74,7 +77,7 @@ func pluginCommand() *cli.Command {
 			if err := cfg.complete(log); err != nil {
 				return err
 			}
-			if err := refuseBesideDRA(cfg.DevicePlugin.KubeletSocketDir); err != nil {
+			if err := refuseBesideDRA(cfg.RegistrarDir); err != nil {
 				return err
 			}
 			return cfg.run(c.Context, log)
@@ -96,6 +99,13 @@ func (c *pluginConfig) complete(log *slog.Logger) error {
 	c.DevicePlugin.Logger = log
 	if err := c.DevicePlugin.Validate(); err != nil {
 		return flagError(err)
+	}
+	if d := c.RegistrarDir; !filepath.IsAbs(d) {
+		return fmt.Errorf("--kubelet-registrar-dir: %q is not an absolute path", d)
+	} else if fi, err := os.Stat(d); err == nil && !fi.IsDir() {
+		// Missing is no DRA driver; something else in its place would
+		// hide one for ever.
+		return fmt.Errorf("--kubelet-registrar-dir: %s is not a directory", d)
 	}
 	// A missing socket directory is waited for; something else in its
 	// place would fail every socket for ever.
