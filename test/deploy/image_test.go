@@ -220,13 +220,25 @@ func newPodman(t *testing.T) *podmanRig {
 // run runs podman with cgroupfs and runc: this kind of machine has no
 // systemd cgroup manager and crun fails on its hybrid cgroups (see
 // DESIGN.md).
-func (p *podmanRig) run(args ...string) (string, error) {
+func (p *podmanRig) run(args ...string) (string, error) { return p.runCtx(p.ctx, args...) }
+
+func (p *podmanRig) runCtx(ctx context.Context, args ...string) (string, error) {
 	full := append([]string{"--cgroup-manager=cgroupfs", "--runtime", "runc"}, args...)
 	var out bytes.Buffer
-	cmd := exec.CommandContext(p.ctx, p.podman, full...)
+	cmd := exec.CommandContext(ctx, p.podman, full...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.String(), err
+}
+
+// remove removes a container, if it is there, within its own deadline (the
+// rig's may be over).
+func (p *podmanRig) remove(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := p.runCtx(ctx, "rm", "--force", "--ignore", "--time", "5", name); err != nil {
+		p.t.Logf("podman rm %s: %v\n%s", name, err, out)
+	}
 }
 
 // buildScratchImage builds the target's binary and wraps it with
