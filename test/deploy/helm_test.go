@@ -22,20 +22,7 @@ const releaseNamespace = "kube-system"
 // -f <values>` would, schema validation included.
 func helmTemplate(t *testing.T, valuesYAML string) (rendered, error) {
 	t.Helper()
-	chrt, err := loader.Load(deployments("helm", "intel-gpu-cdi"))
-	if err != nil {
-		t.Fatalf("loading chart: %v", err)
-	}
-	vals := map[string]any{}
-	if err := yaml.Unmarshal([]byte(valuesYAML), &vals); err != nil {
-		t.Fatalf("test values: %v", err)
-	}
-	top, err := chartutil.ToRenderValues(chrt, vals,
-		chartutil.ReleaseOptions{Name: "gpu", Namespace: releaseNamespace, IsInstall: true}, nil)
-	if err != nil {
-		return rendered{}, err
-	}
-	files, err := engine.Render(chrt, top)
+	files, err := helmRender(t, valuesYAML)
 	if err != nil {
 		return rendered{}, err
 	}
@@ -51,6 +38,25 @@ func helmTemplate(t *testing.T, valuesYAML string) (rendered, error) {
 		stream.WriteString("---\n# Source: " + name + "\n" + files[name] + "\n")
 	}
 	return decodeAll(t, []byte(stream.String())), nil
+}
+
+// helmRender renders every template of the chart, NOTES.txt included.
+func helmRender(t *testing.T, valuesYAML string) (map[string]string, error) {
+	t.Helper()
+	chrt, err := loader.Load(deployments("helm", "intel-gpu-cdi"))
+	if err != nil {
+		t.Fatalf("loading chart: %v", err)
+	}
+	vals := map[string]any{}
+	if err := yaml.Unmarshal([]byte(valuesYAML), &vals); err != nil {
+		t.Fatalf("test values: %v", err)
+	}
+	top, err := chartutil.ToRenderValues(chrt, vals,
+		chartutil.ReleaseOptions{Name: "gpu", Namespace: releaseNamespace, IsInstall: true}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return engine.Render(chrt, top)
 }
 
 // everythingOn sets every optional value, and moves every path, so that each
@@ -363,6 +369,37 @@ func TestHelmChart(t *testing.T) {
 			checkEnvAgainstCLI(t, d.p, env)
 		}
 	})
+}
+
+// The notes after an install say where each kubelet plugin runs, and how a
+// node is moved to the DRA driver.
+func TestHelmNotesNameTheLabel(t *testing.T) {
+	for _, tc := range []struct {
+		kubeletPlugin string
+		want, not     []string
+	}{
+		{"deviceplugin", []string{"not labelled\ngpu.intel.com/kubelet-plugin=dra"}, []string{"intel-gpu-cdi-dra"}},
+		{"both", []string{"not labelled\ngpu.intel.com/kubelet-plugin=dra", "kubectl label node <node> gpu.intel.com/kubelet-plugin=dra"}, nil},
+		{"dra", []string{"kubectl label node <node> gpu.intel.com/kubelet-plugin=dra", "runs nothing on other nodes"}, []string{"allocatable.gpu"}},
+	} {
+		t.Run(tc.kubeletPlugin, func(t *testing.T) {
+			files, err := helmRender(t, "kubeletPlugin: "+tc.kubeletPlugin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			notes := files["intel-gpu-cdi/templates/NOTES.txt"]
+			for _, w := range tc.want {
+				if !strings.Contains(notes, w) {
+					t.Errorf("NOTES.txt lacks %q:\n%s", w, notes)
+				}
+			}
+			for _, n := range tc.not {
+				if strings.Contains(notes, n) {
+					t.Errorf("NOTES.txt mentions %q:\n%s", n, notes)
+				}
+			}
+		})
+	}
 }
 
 func TestHelmChartRefusesBadValues(t *testing.T) {
