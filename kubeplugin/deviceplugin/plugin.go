@@ -30,6 +30,10 @@ type Plugin struct {
 	servers map[string]*server
 	// last is the inventory of the last Update; nil before the first.
 	last *inventory
+	// watching is set once Run follows the kubelet: servers start only
+	// then, so that no kubelet restart can come between a registration and
+	// the watch that would see it.
+	watching bool
 	// closed is set when Run returns: no server starts after that.
 	closed bool
 }
@@ -64,6 +68,10 @@ func (p *Plugin) Update(ctx context.Context, s *node.Snapshot) error {
 	}
 	p.last = inv
 	p.report(inv)
+	if !p.watching {
+		// Run serves this inventory once it follows the kubelet.
+		return nil
+	}
 	if _, err := os.Stat(p.cfg.KubeletSocketDir); errors.Is(err, fs.ErrNotExist) {
 		// No kubelet yet: Run serves and registers when it makes its
 		// directory.
@@ -121,8 +129,11 @@ func (p *Plugin) Run(ctx context.Context) error {
 
 	restarts := retry.New(retry.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Cap: 30 * time.Second})
 	defer restarts.Reset()
-	// The kubelet may have made its directory between an Update that
-	// found none and the watches above.
+	// Serve what Updates brought before the watches were set, and what a
+	// kubelet that made its directory meanwhile can now take.
+	p.mu.Lock()
+	p.watching = true
+	p.mu.Unlock()
 	p.retryServers(ctx, restarts)
 	for {
 		select {
