@@ -22,7 +22,9 @@ import (
 //	go test -run '^$' -bench '^BenchmarkFloor$' ./test/bench/
 //
 // BENCH_ROUNDS (default 5), BENCH_GPUS (64), BENCH_CALLS (10000) and
-// BENCH_SETTLE (2s) change the run.
+// BENCH_SETTLE (2s) change the run. BENCH_ALSO adds other builds of
+// intel-gpu-cdi to every round, run as the plugin is, for a before and
+// after in one run: BENCH_ALSO=before=/tmp/old-intel-gpu-cdi,...
 func BenchmarkFloor(b *testing.B) {
 	rounds := envInt(b, "BENCH_ROUNDS", 5)
 	gpus := envInt(b, "BENCH_GPUS", 64)
@@ -64,13 +66,26 @@ func BenchmarkFloor(b *testing.B) {
 		Ready: DevicePluginReady(resource),
 	}
 	cands := []Candidate{floor, plugin}
+	for _, v := range also(b) {
+		c := plugin
+		c.Name = v.name
+		c.Command = func(env *Env) *exec.Cmd {
+			cmd := plugin.Command(env)
+			cmd.Path, cmd.Args[0] = v.path, v.path
+			return cmd
+		}
+		cands = append(cands, c)
+	}
 
 	samples, err := Rounds(context.Background(), cands, node, gpus, rounds, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	figs := Figures(cfg.Calls, "Allocate")
-	others := []string{plugin.Name}
+	var others []string
+	for _, c := range cands[1:] {
+		others = append(others, c.Name)
+	}
 	fmt.Printf("\nAgainst the floor: %d GPUs (node mode %s), %d rounds of %s, medians; %d Allocates one after another; settle %s\n",
 		gpus, node.Mode(), rounds, order(cands), cfg.Calls, cfg.Settle)
 	if err := WriteTable(os.Stdout, figs, floor.Name, others, samples); err != nil {
@@ -103,6 +118,24 @@ func order(cands []Candidate) string {
 func metricName(cand, figure string) string {
 	f := strings.NewReplacer("->", "to", " ", "-", "(", "", ")", "", ",", "").Replace(strings.TrimSpace(figure))
 	return cand + ":" + f + "/floor"
+}
+
+type variant struct{ name, path string }
+
+// also reads BENCH_ALSO: name=path pairs, comma-separated.
+func also(b *testing.B) []variant {
+	var out []variant
+	for _, item := range strings.FieldsFunc(os.Getenv("BENCH_ALSO"), func(r rune) bool { return r == ',' }) {
+		name, path, ok := strings.Cut(item, "=")
+		if !ok || name == "" {
+			b.Fatalf("BENCH_ALSO: %q: want name=path", item)
+		}
+		if _, err := os.Stat(path); err != nil {
+			b.Fatalf("BENCH_ALSO: %s: %v", name, err)
+		}
+		out = append(out, variant{name, path})
+	}
+	return out
 }
 
 func envInt(b *testing.B, name string, def int) int {
