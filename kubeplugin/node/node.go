@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -319,13 +320,16 @@ func (n *Node) writeSpec(devs []discovery.Device) error {
 	if err != nil {
 		return err
 	}
-	data, err := spec.Marshal(s, spec.FormatJSON)
-	if err != nil {
+	// A digest, not the bytes: they would stay live as long as the spec
+	// does not change, which on a node is for ever. The spec is encoded
+	// into the digest and, when it changed, again into the file, never
+	// whole in memory.
+	h := sha256.New()
+	if err := spec.Encode(h, s, spec.FormatJSON); err != nil {
 		return err
 	}
-	// A digest, not the bytes: they would stay live as long as the spec
-	// does not change, which on a node is for ever.
-	sum := sha256.Sum256(data)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
 	if n.written != nil && *n.written == sum {
 		if _, err := os.Stat(n.specPath); err == nil {
 			return nil
@@ -335,7 +339,7 @@ func (n *Node) writeSpec(devs []discovery.Device) error {
 		obs.SpecWrite(err)
 		return err
 	}
-	err = spec.WriteEncoded(n.specPath, data)
+	err = spec.WriteEncodedFrom(n.specPath, func(w io.Writer) error { return spec.Encode(w, s, spec.FormatJSON) })
 	obs.SpecWrite(err)
 	if err != nil {
 		return err
