@@ -75,6 +75,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzBuild$$' -fuzztime $(FUZZTIME) ./cdi/spec
 	$(GO) test -run '^$$' -fuzz '^FuzzMarshal$$' -fuzztime $(FUZZTIME) ./cdi/spec
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./kubeplugin/health/uevent
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAERTotal$$' -fuzztime $(FUZZTIME) ./kubeplugin/health
 
 # The real-kubelet suite (issue 6): builds containerd, kubelet and friends once
 # into E2E_CACHE_DIR (default /var/cache/intel-gpu-cdi-e2e) and reuses them.
