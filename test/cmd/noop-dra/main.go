@@ -99,7 +99,9 @@ func run(ctx context.Context, c config) error {
 		return fmt.Errorf("starting the kubelet plugin: %w", err)
 	}
 	defer helper.Stop()
-	if err := helper.PublishResources(ctx, resources(c.nodeName, c.devices)); err != nil {
+	// The first publication waits for the helper's informer to sync with
+	// the API server; a signal meanwhile is a stop, not a failure.
+	if err := helper.PublishResources(ctx, resources(c.nodeName, c.devices)); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("publishing ResourceSlices: %w", err)
 	}
 	<-ctx.Done()
