@@ -144,7 +144,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return fmt.Errorf("CDI spec: %w", err)
 	}
 
-	w, err := newDevWatch(n.cfg.Scanner.DevRoot(), log)
+	w, err := newDevWatch(n.cfg.Scanner.DevRoot(), n.cfg.Watcher, log)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dirwatch"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/httpserver"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
@@ -113,6 +114,13 @@ func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
 		obs = metrics.New()
 		c.Node.Observer, c.DevicePlugin.Observer = obs, obs
 	}
+	// One directory watcher for /dev/dri and the kubelet's directory.
+	watch, err := dirwatch.New()
+	if err != nil {
+		return err
+	}
+	defer watch.Close()
+	c.Node.Watcher, c.DevicePlugin.Watcher = watch, watch
 	n, err := node.New(c.Node)
 	if err != nil {
 		return flagError(err)
