@@ -63,7 +63,7 @@ demo: build
 # them in turns (about a minute); BENCH_ROUNDS and friends tune it.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v '/test/bench$$')
-	$(GO) test -run '^$$' -bench . -count=1 ./test/bench
+	$(GO) test -run '^$$' -bench . -count=1 -timeout 30m ./test/bench
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(FUZZTIME) ./cdi/discovery
