@@ -24,7 +24,7 @@ help:
 	@echo 'build      bin/intel-gpu-cdi and bin/intel-gpu-cdi-dra (the DRA driver), version from git describe'
 	@echo 'test       go vet, gofmt check, go test -race ./..., and test/deploy when present'
 	@echo 'demo       list, generate and the kubelet plugin on a fake node of three GPUs (no GPU, no root needed)'
-	@echo 'bench      every benchmark with allocations, then the ratio table against the no-op plugin (see BENCHMARKS.md)'
+	@echo 'bench      every benchmark with allocations, then the ratio tables against the no-op device plugin and DRA plugin (see BENCHMARKS.md; the DRA table needs test/cluster/build.sh full)'
 	@echo 'fuzz       fuzz the sysfs parsers, the scan, spec building and encoding, the uevent parser, FUZZTIME each (default 30s)'
 	@echo 'golden     rewrite the golden specs in specs/ from the fixtures'
 	@echo 'e2e-cluster  the plugin on a real kubelet + containerd 2 (root; builds pinned components once)'
@@ -59,11 +59,12 @@ demo: build
 	printf '\n$$ %s\n' "go run ./test/cmd/demo-kubelet --binary $(BIN)   # the plugin against a built-in fake kubelet"; \
 	$(GO) run ./test/cmd/demo-kubelet --binary $(BIN)
 
-# The floor ratio table comes last: test/bench builds both binaries and runs
-# them in turns (about a minute); BENCH_ROUNDS and friends tune it.
+# The floor ratio tables come last: test/bench builds the binaries and runs
+# them in turns (about two minutes for the device plugin, six for the DRA
+# driver against a real kube-apiserver); BENCH_ROUNDS and friends tune it.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v '/test/bench$$')
-	$(GO) test -run '^$$' -bench . -count=1 ./test/bench
+	$(GO) test -run '^$$' -bench . -count=1 -timeout 30m ./test/bench
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsers$$' -fuzztime $(FUZZTIME) ./cdi/discovery
@@ -75,6 +76,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzBuild$$' -fuzztime $(FUZZTIME) ./cdi/spec
 	$(GO) test -run '^$$' -fuzz '^FuzzMarshal$$' -fuzztime $(FUZZTIME) ./cdi/spec
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./kubeplugin/health/uevent
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAERTotal$$' -fuzztime $(FUZZTIME) ./kubeplugin/health
 
 # The real-kubelet suite (issue 6): builds containerd, kubelet and friends once
 # into E2E_CACHE_DIR (default /var/cache/intel-gpu-cdi-e2e) and reuses them.

@@ -7,6 +7,7 @@ package atomicfile
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,12 +18,19 @@ import (
 // os.CreateTemp takes it), fsynced and with mode perm, and returns its
 // name. On error nothing is left behind.
 func WriteTemp(dir, pattern string, data []byte, perm fs.FileMode) (string, error) {
+	return WriteTempFrom(dir, pattern, writeAll(data), perm)
+}
+
+// WriteTempFrom is WriteTemp of what write writes to the file: for data
+// made as it is written, never whole in memory. An error of write is
+// returned wrapped, and nothing is left behind.
+func WriteTempFrom(dir, pattern string, write func(io.Writer) error, perm fs.FileMode) (string, error) {
 	f, err := os.CreateTemp(dir, pattern)
 	if err != nil {
 		return "", fmt.Errorf("creating temporary file in %s: %w", dir, err)
 	}
 	name := f.Name()
-	_, err = f.Write(data)
+	err = write(f)
 	if err == nil {
 		// Chmod on the open file: the umask does not apply.
 		err = f.Chmod(perm)
@@ -45,8 +53,20 @@ func WriteTemp(dir, pattern string, data []byte, perm fs.FileMode) (string, erro
 // rename and can refuse it. On any error path is left as it was and no
 // temporary file remains.
 func Write(path, pattern string, data []byte, perm fs.FileMode, check func(tmp string) error) error {
+	return WriteFrom(path, pattern, writeAll(data), perm, check)
+}
+
+func writeAll(data []byte) func(io.Writer) error {
+	return func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}
+}
+
+// WriteFrom is Write of what write writes to the temporary file.
+func WriteFrom(path, pattern string, write func(io.Writer) error, perm fs.FileMode, check func(tmp string) error) error {
 	dir := filepath.Dir(path)
-	tmp, err := WriteTemp(dir, pattern, data, perm)
+	tmp, err := WriteTempFrom(dir, pattern, write, perm)
 	if err != nil {
 		return err
 	}

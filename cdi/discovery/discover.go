@@ -178,9 +178,13 @@ func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	fn, err := openAttrDir(fnDir)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", fnDir, err)
+	}
+	defer fn.close()
 
-	vendorPath := join(fnDir, "vendor")
-	raw, err := readAttr(vendorPath)
+	raw, err := fn.readAttr("vendor")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, notOurs("not a PCI device: %s has no vendor file", fnDir)
 	}
@@ -189,7 +193,7 @@ func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
 	}
 	vendor, err := ParseHexID(raw, 4)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", vendorPath, err)
+		return nil, fmt.Errorf("%s: %w", fn.path("vendor"), err)
 	}
 	if vendor != IntelVendorID {
 		return nil, notOurs("vendor %s is not Intel", vendor)
@@ -200,7 +204,7 @@ func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
 		return nil, notOurs("%s is not a PCI function", fnDir)
 	}
 
-	class, err := readHexAttr(join(fnDir, "class"), 6)
+	class, err := readHexAttr(fn, "class", 6)
 	if err != nil {
 		return nil, err
 	}
@@ -217,18 +221,17 @@ func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
 		NUMANode:   -1,
 		SRIOV:      SRIOV{Role: RoleNone},
 	}
-	if d.DeviceID, err = readHexAttr(join(fnDir, "device"), 4); err != nil {
+	if d.DeviceID, err = readHexAttr(fn, "device", 4); err != nil {
 		return nil, err
 	}
 
-	driverLink := join(fnDir, "driver")
-	target, err := readlink(driverLink)
+	target, err := fn.readlink("driver")
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		// The card is still listed but no driver holds the function: the
 		// GPU is there and unusable until a driver binds again.
 	case err != nil:
-		return nil, fmt.Errorf("reading driver link %s: %w", driverLink, err)
+		return nil, fmt.Errorf("reading driver link %s: %w", fn.path("driver"), err)
 	default:
 		d.Driver = filepath.Base(target)
 		if d.Driver != DriverI915 && d.Driver != DriverXe {
@@ -236,26 +239,25 @@ func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
 		}
 	}
 
-	if err := readNUMA(fnDir, d); err != nil {
+	if err := readNUMA(fn, d); err != nil {
 		return nil, err
 	}
-	if err := readSRIOV(fnDir, d); err != nil {
+	if err := readSRIOV(fn, d); err != nil {
 		return nil, err
 	}
 
-	cardDev := join(cardDir, "dev")
-	major, minor, err := readDevAttr(cardDev)
+	major, minor, err := readDevAttr(cwd, join(cardDir, "dev"))
 	if err != nil {
 		return nil, err
 	}
 	d.CardNode = s.node(name, major, minor)
 
-	render, err := renderOf(fnDir)
+	render, err := renderOf(fn)
 	if err != nil {
 		return nil, err
 	}
 	if render != "" {
-		major, minor, err := readDevAttr(join(fnDir, "drm/"+render+"/dev"))
+		major, minor, err := readDevAttr(fn, "drm/"+render+"/dev")
 		if err != nil {
 			return nil, err
 		}
@@ -325,11 +327,10 @@ func functionDir(cardDir string) (string, error) {
 // renderOf finds the render node in the function's drm directory. Pairing
 // through the directory is what the kernel guarantees; minor arithmetic is
 // not (render minors are handed out in probe order).
-func renderOf(fnDir string) (string, error) {
-	dir := join(fnDir, "drm")
-	names, err := readDirNames(dir)
+func renderOf(fn attrDir) (string, error) {
+	names, err := fn.readDirNames("drm")
 	if err != nil {
-		return "", fmt.Errorf("reading %s: %w", dir, err)
+		return "", fmt.Errorf("reading %s: %w", fn.path("drm"), err)
 	}
 	for _, name := range names {
 		if _, ok := ParseRenderName(name); ok {
@@ -339,9 +340,8 @@ func renderOf(fnDir string) (string, error) {
 	return "", nil
 }
 
-func readNUMA(fnDir string, d *Device) error {
-	p := join(fnDir, "numa_node")
-	raw, err := readAttr(p)
+func readNUMA(fn attrDir, d *Device) error {
+	raw, err := fn.readAttr("numa_node")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // kernels without NUMA support have no such file
 	}
@@ -349,31 +349,30 @@ func readNUMA(fnDir string, d *Device) error {
 		return err
 	}
 	if d.NUMANode, err = ParseNUMANode(raw); err != nil {
-		return fmt.Errorf("%s: %w", p, err)
+		return fmt.Errorf("%s: %w", fn.path("numa_node"), err)
 	}
 	return nil
 }
 
-func readSRIOV(fnDir string, d *Device) error {
-	physfn := join(fnDir, "physfn")
-	target, err := readlink(physfn)
+func readSRIOV(fn attrDir, d *Device) error {
+	target, err := fn.readlink("physfn")
 	switch {
 	case err == nil:
 		pf := filepath.Base(target)
 		if !IsPCIAddress(pf) {
-			return fmt.Errorf("%s: link target %q is not a PCI function", physfn, target)
+			return fmt.Errorf("%s: link target %q is not a PCI function", fn.path("physfn"), target)
 		}
 		d.SRIOV = SRIOV{Role: RoleVF, PF: pf}
 		return nil
 	case !errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("reading %s: %w", physfn, err)
+		return fmt.Errorf("reading %s: %w", fn.path("physfn"), err)
 	}
 
-	total, err := readCount(join(fnDir, "sriov_totalvfs"))
+	total, err := readCount(fn, "sriov_totalvfs")
 	if err != nil {
 		return err
 	}
-	num, err := readCount(join(fnDir, "sriov_numvfs"))
+	num, err := readCount(fn, "sriov_numvfs")
 	if err != nil {
 		return err
 	}
@@ -385,8 +384,8 @@ func readSRIOV(fnDir string, d *Device) error {
 }
 
 // readCount reads an optional count attribute: absent is zero.
-func readCount(p string) (int, error) {
-	raw, err := readAttr(p)
+func readCount(d attrDir, name string) (int, error) {
+	raw, err := d.readAttr(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}
@@ -395,31 +394,31 @@ func readCount(p string) (int, error) {
 	}
 	n, err := ParseCount(raw)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", p, err)
+		return 0, fmt.Errorf("%s: %w", d.path(name), err)
 	}
 	return n, nil
 }
 
-func readHexAttr(p string, digits int) (string, error) {
-	raw, err := readAttr(p)
+func readHexAttr(d attrDir, name string, digits int) (string, error) {
+	raw, err := d.readAttr(name)
 	if err != nil {
 		return "", err
 	}
 	v, err := ParseHexID(raw, digits)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", p, err)
+		return "", fmt.Errorf("%s: %w", d.path(name), err)
 	}
 	return v, nil
 }
 
-func readDevAttr(p string) (uint32, uint32, error) {
-	raw, err := readAttr(p)
+func readDevAttr(d attrDir, name string) (uint32, uint32, error) {
+	raw, err := d.readAttr(name)
 	if err != nil {
 		return 0, 0, err
 	}
 	major, minor, err := ParseDevNumbers(raw)
 	if err != nil {
-		return 0, 0, fmt.Errorf("%s: %w", p, err)
+		return 0, 0, fmt.Errorf("%s: %w", d.path(name), err)
 	}
 	return major, minor, nil
 }
@@ -428,6 +427,35 @@ func readDevAttr(p string) (uint32, uint32, error) {
 // package reads is a few bytes.
 const maxAttr = 64
 
+// attrDir is a directory whose entries are read by name, relative to a
+// descriptor opened once (O_PATH): a scan reads ten entries of every PCI
+// function, and joining each one's full path and copying it for the
+// kernel was half of what a scan allocated. A path is joined only for an
+// error that is printed. cwd reads names that are paths.
+type attrDir struct {
+	fd  int
+	dir string
+}
+
+var cwd = attrDir{fd: unix.AT_FDCWD}
+
+func openAttrDir(dir string) (attrDir, error) {
+	var fd int
+	err := ignoringEINTR(func() (err error) {
+		fd, err = unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return attrDir{}, &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	return attrDir{fd: fd, dir: dir}, nil
+}
+
+func (d attrDir) close() { unix.Close(d.fd) }
+
+// path is the path of the entry name, for messages.
+func (d attrDir) path(name string) string { return join(d.dir, name) }
+
 // readAttr reads a small sysfs attribute. The error names the file and
 // keeps fs.ErrNotExist visible to errors.Is.
 //
@@ -435,16 +463,18 @@ const maxAttr = 64
 // several more (fcntl, epoll) per file: a scan opens eight attributes per
 // card. One read suffices: sysfs hands out an attribute whole on the first
 // read, and a regular file (a fake tree) reads short only at its end.
-func readAttr(p string) (string, error) {
+func readAttr(p string) (string, error) { return cwd.readAttr(p) }
+
+func (d attrDir) readAttr(name string) (string, error) {
 	var fd int
 	err := ignoringEINTR(func() (err error) {
 		// O_NONBLOCK: a FIFO where an attribute belongs would block a
 		// plain open forever; sysfs attributes ignore the flag.
-		fd, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		fd, err = unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 		return err
 	})
 	if err != nil {
-		return "", &attrError{fs.PathError{Op: "open", Path: p, Err: err}}
+		return "", &attrError{pathError{"open", d.dir, name, err}}
 	}
 	defer unix.Close(fd)
 	var (
@@ -457,43 +487,61 @@ func readAttr(p string) (string, error) {
 	})
 	switch {
 	case err != nil:
-		return "", &attrError{fs.PathError{Op: "read", Path: p, Err: err}}
+		return "", &attrError{pathError{"read", d.dir, name, err}}
 	case n > maxAttr:
-		return "", fmt.Errorf("reading %s: longer than %d bytes", p, maxAttr)
+		return "", fmt.Errorf("reading %s: longer than %d bytes", d.path(name), maxAttr)
 	}
 	return string(buf[:n]), nil
 }
 
+// pathError is an *fs.PathError (what Unwrap returns) whose path is
+// joined only when the error is printed or unwrapped: most are never
+// printed, because a missing optional attribute (sriov_numvfs on a GPU
+// without SR-IOV) is an answer, not a failure. errors.Is sees the errno
+// without joining.
+type pathError struct {
+	op, dir, name string
+	err           error
+}
+
+func (e *pathError) pathErr() *fs.PathError {
+	return &fs.PathError{Op: e.op, Path: join(e.dir, e.name), Err: e.err}
+}
+
+func (e *pathError) Error() string { return e.pathErr().Error() }
+
+func (e *pathError) Unwrap() error { return e.pathErr() }
+
+func (e *pathError) Is(target error) bool { return errors.Is(e.err, target) }
+
 // attrError is readAttr's error, "reading <path>: open <path>: <errno>".
-// Its text is made only when printed: most are never printed, because a
-// missing optional attribute (sriov_numvfs on a GPU without SR-IOV) is an
-// answer, not a failure, and formatting two per GPU was a measurable part
-// of a scan.
-type attrError struct{ fs.PathError }
+type attrError struct{ pathError }
 
-func (e *attrError) Error() string { return "reading " + e.Path + ": " + e.PathError.Error() }
-
-func (e *attrError) Unwrap() error { return &e.PathError }
+func (e *attrError) Error() string {
+	return "reading " + join(e.dir, e.name) + ": " + e.pathError.Error()
+}
 
 // readlink is os.Readlink (same errors) for the short links of sysfs,
 // read into a buffer on the stack; a target that might not fit goes to
 // os.Readlink.
-func readlink(p string) (string, error) {
+func readlink(p string) (string, error) { return cwd.readlink(p) }
+
+func (d attrDir) readlink(name string) (string, error) {
 	var (
 		buf [256]byte
 		n   int
 	)
 	err := ignoringEINTR(func() (err error) {
-		n, err = unix.Readlink(p, buf[:])
+		n, err = unix.Readlinkat(d.fd, name, buf[:])
 		return err
 	})
 	switch {
 	case err != nil:
-		return "", &fs.PathError{Op: "readlink", Path: p, Err: err}
+		return "", &pathError{"readlink", d.dir, name, err}
 	case n < len(buf):
 		return string(buf[:n]), nil
 	}
-	return os.Readlink(p)
+	return os.Readlink(d.path(name))
 }
 
 // readDirNames lists a directory of sysfs, sorted. Like readAttr it makes
@@ -501,14 +549,16 @@ func readlink(p string) (string, error) {
 // directory, and a scan lists one per card. O_DIRECTORY refuses anything
 // else at once: a FIFO where a directory belongs would block a plain open
 // forever. Errors are those os.ReadDir returns.
-func readDirNames(dir string) ([]string, error) {
+func readDirNames(dir string) ([]string, error) { return cwd.readDirNames(dir) }
+
+func (d attrDir) readDirNames(name string) ([]string, error) {
 	var fd int
 	err := ignoringEINTR(func() (err error) {
-		fd, err = unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err = unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		return err
 	})
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: dir, Err: err}
+		return nil, &fs.PathError{Op: "open", Path: d.path(name), Err: err}
 	}
 	defer unix.Close(fd)
 	var (
@@ -523,7 +573,7 @@ func readDirNames(dir string) ([]string, error) {
 		})
 		if err != nil {
 			sort.Strings(names)
-			return names, &fs.PathError{Op: "readdirent", Path: dir, Err: err}
+			return names, &fs.PathError{Op: "readdirent", Path: d.path(name), Err: err}
 		}
 		if n <= 0 {
 			break

@@ -3,6 +3,7 @@ package spec
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -89,11 +90,21 @@ func Write(path string, s *specs.Spec, f Format) error {
 // plugin's own file in its own spec directory). data must be Marshal's:
 // it is not checked again.
 func WriteEncoded(path string, data []byte) error {
+	return WriteEncodedFrom(path, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// WriteEncodedFrom is WriteEncoded of what encode writes, which must be
+// Encode's output: the spec goes to the file as it is encoded, never
+// whole in memory.
+func WriteEncodedFrom(path string, encode func(io.Writer) error) error {
 	dir := filepath.Dir(path)
 	if err := mkdirAll(dir, dirMode); err != nil {
 		return fmt.Errorf("creating CDI spec directory %s: %w", dir, err)
 	}
-	err := atomicfile.Write(path, tempPrefix+filepath.Base(path)+".*", data, Mode, nil)
+	err := atomicfile.WriteFrom(path, tempPrefix+filepath.Base(path)+".*", encode, Mode, nil)
 	if err != nil {
 		return fmt.Errorf("writing CDI spec %s: %w", path, err)
 	}

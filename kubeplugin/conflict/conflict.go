@@ -26,6 +26,13 @@ const DefaultDRADriverName = "gpu.intel.com"
 // the kubelet's plugins_registry directory.
 func RegistrationSocket(driver string) string { return driver + "-reg.sock" }
 
+// RegistryBeside returns the kubelet's plugins_registry directory next to
+// its device-plugin directory: both live in the kubelet's default root
+// directory (/var/lib/kubelet/device-plugins, /var/lib/kubelet/plugins_registry).
+func RegistryBeside(devicePluginDir string) string {
+	return filepath.Join(filepath.Dir(filepath.Clean(devicePluginDir)), "plugins_registry")
+}
+
 // DefaultRegistrarDir is the kubelet's plugins_registry directory with its
 // default --root-dir: where DRA drivers register.
 const DefaultRegistrarDir = "/var/lib/kubelet/plugins_registry"

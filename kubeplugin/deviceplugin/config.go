@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dirwatch"
 )
 
 // Resource names the plugin advertises.
@@ -115,6 +116,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Observer is told what the plugin does (metrics); may be nil.
 	Observer Observer
+	// Watcher, when set, is the directory watcher the plugin shares with
+	// the rest of the process (see dirwatch); nil makes one of its own.
+	Watcher *dirwatch.Watcher
 }
 
 // DefaultConfig returns a Config with every default set.

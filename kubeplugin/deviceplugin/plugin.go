@@ -14,6 +14,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dirwatch"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/retry"
 )
@@ -108,10 +109,16 @@ func (p *Plugin) Ready() error {
 func (p *Plugin) Run(ctx context.Context) error {
 	dir := filepath.Clean(p.cfg.KubeletSocketDir)
 	parent := filepath.Dir(dir)
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("creating file watcher: %w", err)
+	shared := p.cfg.Watcher
+	if shared == nil {
+		own, err := dirwatch.New()
+		if err != nil {
+			return err
+		}
+		defer own.Close()
+		shared = own
 	}
+	w := shared.Follow()
 	defer w.Close()
 	// The parent tells when the directory is made (again); a directory
 	// that is not there yet is watched once its parent reports it. A
@@ -139,7 +146,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev, ok := <-w.Events:
+		case ev, ok := <-w.Events():
 			if !ok {
 				return errors.New("kubelet socket directory watcher closed")
 			}
@@ -156,7 +163,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 			case ev.Name == filepath.Join(dir, KubeletSocket) && ev.Has(fsnotify.Create):
 				p.kubeletRestarted(ctx, restarts)
 			}
-		case err, ok := <-w.Errors:
+		case err, ok := <-w.Errors():
 			if !ok {
 				return errors.New("kubelet socket directory watcher closed")
 			}

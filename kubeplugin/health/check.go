@@ -14,8 +14,9 @@ import (
 // forgets functions that left sysfs and are not among devs.
 func (m *Monitor) Check(devs []discovery.Device) []Status {
 	sigs := make([]signals, len(devs))
+	var r attrReader
 	for i := range devs {
-		sigs[i] = m.readSignals(&devs[i])
+		sigs[i] = m.readSignals(&devs[i], &r)
 	}
 	var dumps map[string]string
 	if m.cfg.sources&SourceHangs != 0 {

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -46,6 +46,11 @@ func coredumpDir(root string) string { return filepath.Join(root, "class", "devc
 // It returns an error wrapping fs.ErrNotExist when the function has no
 // AER counters, and one naming the file when a file is malformed.
 func ReadAER(fnDir string) (AER, error) {
+	var r attrReader
+	return r.readAER(fnDir)
+}
+
+func (r *attrReader) readAER(fnDir string) (AER, error) {
 	var out AER
 	for _, f := range []struct {
 		name string
@@ -55,12 +60,12 @@ func ReadAER(fnDir string) (AER, error) {
 		{aerNonfatal, &out.Nonfatal},
 		{aerFatal, &out.Fatal},
 	} {
-		p := filepath.Join(fnDir, f.name)
-		b, err := readSmall(p)
+		p := fnDir + "/" + f.name
+		b, err := r.read(p)
 		if err != nil {
 			return AER{}, err
 		}
-		n, err := ParseAERTotal(string(b))
+		n, err := aerTotal(b)
 		if err != nil {
 			return AER{}, fmt.Errorf("%s: %w", p, err)
 		}
@@ -72,39 +77,99 @@ func ReadAER(fnDir string) (AER, error) {
 // ParseAERTotal reads the TOTAL_ERR_* line of an aer_dev_* file: one
 // "<name> <count>" line per error type (names may hold spaces in older
 // kernels), then the total.
-func ParseAERTotal(content string) (uint64, error) {
-	for line := range strings.Lines(content) {
-		fields := strings.Fields(line)
-		if len(fields) != 2 || !strings.HasPrefix(fields[0], "TOTAL_ERR_") {
+func ParseAERTotal(content string) (uint64, error) { return aerTotal([]byte(content)) }
+
+// aerTotal is ParseAERTotal of the bytes as read: a GPU's three files are
+// about 1.5 kB, read at every Check, so only the total's line becomes a
+// string.
+func aerTotal(content []byte) (uint64, error) {
+	for line := range bytes.Lines(content) {
+		name, count, ok := twoFields(line)
+		if !ok || !bytes.HasPrefix(name, []byte("TOTAL_ERR_")) {
 			continue
 		}
-		n, err := strconv.ParseUint(fields[1], 10, 64)
+		n, err := strconv.ParseUint(string(count), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("count in %q is not a number", strings.TrimSpace(line))
+			return 0, fmt.Errorf("count in %q is not a number", bytes.TrimSpace(line))
 		}
 		return n, nil
 	}
 	return 0, errors.New("no TOTAL_ERR_ line")
 }
 
+// twoFields splits a line that holds exactly two fields separated by
+// white space, as strings.Fields would, without allocating.
+func twoFields(line []byte) (first, second []byte, ok bool) {
+	f := bytes.TrimSpace(line)
+	i := bytes.IndexFunc(f, unicode.IsSpace)
+	if i < 0 {
+		return nil, nil, false
+	}
+	first, second = f[:i], bytes.TrimLeftFunc(f[i:], unicode.IsSpace)
+	if bytes.IndexFunc(second, unicode.IsSpace) >= 0 {
+		return nil, nil, false
+	}
+	return first, second, true
+}
+
 // maxAttr bounds a sysfs attribute read: sysfs serves at most a page.
 const maxAttr = 4096
 
-// readSmall reads a sysfs attribute of at most a page.
-func readSmall(p string) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxAttr+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", p, err)
-	}
-	if len(b) > maxAttr {
+// attrReader reads sysfs attributes into one buffer of its own, reused
+// from file to file: a Check reads six files per GPU, and an os.File and
+// a fresh buffer for each were most of what a Check allocated. What read
+// returns is valid until the next read.
+type attrReader struct{ buf []byte }
+
+// read reads a sysfs attribute of at most a page. Its errors are those of
+// os.Open and os.File.Read, naming the file.
+func (r *attrReader) read(p string) ([]byte, error) {
+	b, err := r.readUpTo(p, maxAttr+1)
+	if err == nil && len(b) > maxAttr {
 		return nil, fmt.Errorf("%s is longer than a sysfs attribute", p)
 	}
-	return b, nil
+	return b, err
+}
+
+// readUpTo reads the first limit bytes of a file, or all of a shorter one.
+func (r *attrReader) readUpTo(p string, limit int) ([]byte, error) {
+	var fd int
+	err := ignoringEINTR(func() (err error) {
+		// O_NONBLOCK: a FIFO in a fake or hostile tree must not block.
+		fd, err = unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		return err
+	})
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: p, Err: err}
+	}
+	defer unix.Close(fd)
+	if r.buf == nil {
+		r.buf = make([]byte, maxAttr+1)
+	}
+	n := 0
+	for n < limit {
+		var m int
+		err := ignoringEINTR(func() (err error) {
+			m, err = unix.Read(fd, r.buf[n:limit])
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", p, &fs.PathError{Op: "read", Path: p, Err: err})
+		}
+		if m <= 0 {
+			break
+		}
+		n += m
+	}
+	return r.buf[:n], nil
+}
+
+func ignoringEINTR(f func() error) error {
+	for {
+		if err := f(); err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 // configHeader is what an unprivileged reader gets of a config file: the
@@ -117,21 +182,15 @@ const configHeader = 64
 // so the vendor ID alone proves nothing.) A runtime-suspended function is
 // not read: the read would power it up. Anything else unreadable is not
 // evidence either way and reports false.
-func configAllOnes(fnDir string) bool {
-	if b, err := readSmall(filepath.Join(fnDir, runtimeStatus)); err == nil && strings.TrimSpace(string(b)) == "suspended" {
+func (r *attrReader) configAllOnes(fnDir string) bool {
+	if b, err := r.read(fnDir + "/" + runtimeStatus); err == nil && string(bytes.TrimSpace(b)) == "suspended" {
 		return false
 	}
-	f, err := os.Open(filepath.Join(fnDir, configFile))
-	if err != nil {
+	b, err := r.readUpTo(fnDir+"/"+configFile, configHeader)
+	if err != nil || len(b) < 4 {
 		return false
 	}
-	defer f.Close()
-	var hdr [configHeader]byte
-	n, err := io.ReadFull(f, hdr[:])
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) || n < 4 {
-		return false
-	}
-	return len(bytes.Trim(hdr[:n], "\xff")) == 0
+	return len(bytes.Trim(b, "\xff")) == 0
 }
 
 // binding identifies one driver binding of a GPU: the inode numbers of its
@@ -178,7 +237,7 @@ type signals struct {
 }
 
 // readSignals reads the sysfs signals of dev that the sources ask for.
-func (m *Monitor) readSignals(dev *discovery.Device) signals {
+func (m *Monitor) readSignals(dev *discovery.Device, r *attrReader) signals {
 	var s signals
 	if !discovery.IsPCIAddress(dev.PCIAddress) {
 		return s
@@ -196,13 +255,13 @@ func (m *Monitor) readSignals(dev *discovery.Device) signals {
 		return s
 	}
 	if m.cfg.sources&SourceGone != 0 {
-		s.noResponse = configAllOnes(fnDir)
+		s.noResponse = r.configAllOnes(fnDir)
 	}
 	if m.cfg.sources&SourceWedge != 0 {
-		s.survivability = exists(filepath.Join(fnDir, survivabilityFile))
+		s.survivability = exists(fnDir + "/" + survivabilityFile)
 	}
 	if m.cfg.sources&SourceAER != 0 {
-		aer, err := ReadAER(fnDir)
+		aer, err := r.readAER(fnDir)
 		switch {
 		case err == nil:
 			s.aer, s.hasAER = aer, true
@@ -216,8 +275,8 @@ func (m *Monitor) readSignals(dev *discovery.Device) signals {
 // exists reports whether p is there; an error other than "not there" (a
 // permission problem) counts as there, so it cannot take a GPU out.
 func exists(p string) bool {
-	_, err := os.Lstat(p)
-	return !errors.Is(err, fs.ErrNotExist)
+	var st unix.Stat_t
+	return unix.Lstat(p, &st) != unix.ENOENT
 }
 
 // vanished reports whether the link p, or what it leads to, is gone.

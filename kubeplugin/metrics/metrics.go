@@ -13,7 +13,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
@@ -47,7 +46,8 @@ var knownResources = []string{deviceplugin.ResourceI915, deviceplugin.ResourceXe
 // Metrics is a kubeplugin.Observer that records into its own registry.
 // It is safe for concurrent use.
 type Metrics struct {
-	reg *prometheus.Registry
+	reg     *prometheus.Registry
+	handler *handler
 
 	devices          *prometheus.GaugeVec
 	allocations      *prometheus.CounterVec
@@ -134,6 +134,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	m.handler = newHandler(m.reg)
 	m.byResource = make(map[string]*resourceMetrics, len(knownResources))
 	for _, r := range knownResources {
 		m.byResource[r] = m.resolve(r)
@@ -166,9 +167,7 @@ func (m *Metrics) of(resource string) *resourceMetrics {
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Handler serves the registry in the Prometheus exposition formats.
-func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
-}
+func (m *Metrics) Handler() http.Handler { return m.handler }
 
 // Devices implements kubeplugin.Observer.
 func (m *Metrics) Devices(resource string, healthy, unhealthy int) {

@@ -13,6 +13,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dirwatch"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 )
 
@@ -57,6 +58,9 @@ type Config struct {
 	// tells the node at once when that may have changed. May be nil: a GPU
 	// is then healthy when its nodes are ready.
 	Health HealthChecker
+	// Watcher, when set, is the directory watcher the node shares with
+	// the rest of the process (see dirwatch); nil makes one of its own.
+	Watcher *dirwatch.Watcher
 }
 
 // HealthChecker is the node's source of GPU health (health.Monitor).

@@ -5,12 +5,15 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/spec"
@@ -58,7 +61,10 @@ type Node struct {
 
 	// Owned by the loop goroutine.
 	written *[sha256.Size]byte // the digest of the spec we last wrote; nil when none
-	retry   *retry.Retry
+	// owned is set once the spec's path was found to hold nothing or a
+	// spec of ours (claim).
+	owned bool
+	retry *retry.Retry
 
 	view devView
 }
@@ -126,9 +132,10 @@ func (n *Node) Live(ctx context.Context) error {
 }
 
 // Run keeps the node current until ctx ends. It returns an error only when
-// it cannot start at all (no way to watch the node); a bad device or a
-// failed spec write is logged and retried, never fatal. On return the spec
-// is left in place for running containers.
+// it cannot start at all (no way to watch the node, or a spec path that
+// holds something not ours); a bad device or a failed spec write is logged
+// and retried, never fatal. On return the spec is left in place for
+// running containers.
 func (n *Node) Run(ctx context.Context) error {
 	log := n.cfg.Logger
 	if k, err := spec.CleanTemp(n.cfg.CDISpecDir); err != nil {
@@ -137,19 +144,18 @@ func (n *Node) Run(ctx context.Context) error {
 		log.Info("removed leftover temporary specs", "dir", n.cfg.CDISpecDir, "count", k)
 	}
 	n.removeOtherEncoding()
-	// The spec is replaced by renaming over it: whatever holds its path
-	// must be a spec of ours, or nothing.
-	if _, err := spec.CheckOwner(n.specPath, n.cfg.Builder.Kind()); err != nil {
-		return fmt.Errorf("CDI spec: %w", err)
-	}
 
-	w, err := newDevWatch(n.cfg.Scanner.DevRoot(), log)
+	w, err := newDevWatch(n.cfg.Scanner.DevRoot(), n.cfg.Watcher, log)
 	if err != nil {
 		return err
 	}
 	defer w.close()
 
-	n.rescan(ctx)
+	// The first write checks what holds the spec's path (claim): a
+	// refusal there stops the node, at whichever rescan it comes.
+	if err := n.rescan(ctx); err != nil {
+		return err
+	}
 
 	var resync <-chan time.Time
 	if n.cfg.ResyncPeriod > 0 {
@@ -199,14 +205,17 @@ func (n *Node) Run(ctx context.Context) error {
 			collect()
 		case <-debounce.C:
 			first = time.Time{}
-			n.rescan(ctx)
+			err = n.rescan(ctx)
 		case <-healthChanged:
 			// The kernel spoke of a GPU: no burst to wait for.
-			n.rescan(ctx)
+			err = n.rescan(ctx)
 		case <-resync:
-			n.rescan(ctx)
+			err = n.rescan(ctx)
 		case <-n.retry.After():
-			n.rescan(ctx)
+			err = n.rescan(ctx)
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -214,8 +223,9 @@ func (n *Node) Run(ctx context.Context) error {
 // rescan reads the node and moves the spec and the subscribers to it, in
 // the order that never advertises a GPU without its spec on disk: first
 // the spec with the old and new GPUs, then the subscribers, then the spec
-// with only the new GPUs.
-func (n *Node) rescan(ctx context.Context) {
+// with only the new GPUs. It returns an error only when the spec's path
+// holds something not ours (claim); everything else is retried.
+func (n *Node) rescan(ctx context.Context) error {
 	log, obs := n.cfg.Logger, n.cfg.Observer
 	start := time.Now()
 	res, err := n.cfg.Scanner.Scan()
@@ -223,7 +233,7 @@ func (n *Node) rescan(ctx context.Context) {
 		obs.Rescan(time.Since(start), err)
 		log.Error("scanning GPUs", "err", err)
 		n.retry.Failed()
-		return
+		return nil
 	}
 	for _, s := range res.Skipped {
 		log.Warn("skipped DRM card", "card", s.Name, "reason", s.Reason)
@@ -236,17 +246,22 @@ func (n *Node) rescan(ctx context.Context) {
 	next := build(res.Devices, statuses, prev, &n.cfg, n.pciGone, n.cfg.Builder.QualifiedName)
 	if prev.Generation > 0 && sameGPUs(prev, next) && n.specCurrent() && !n.retry.Pending() {
 		obs.Rescan(time.Since(start), nil)
-		return
+		return nil
 	}
 
 	only := next.specDevices()
 	both := union(only, prev)
 	err = n.writeSpec(both)
+	var refused *refusedError
+	if errors.As(err, &refused) {
+		obs.Rescan(time.Since(start), err)
+		return fmt.Errorf("CDI spec: %w", refused.error)
+	}
 	if err != nil {
 		obs.Rescan(time.Since(start), err)
 		log.Error("writing CDI spec; keeping the previous snapshot", "path", n.specPath, "err", err)
 		n.retry.Failed()
-		return
+		return nil
 	}
 	n.snap.Store(next)
 	failed := n.publish(ctx, next)
@@ -268,6 +283,7 @@ func (n *Node) rescan(ctx context.Context) {
 		n.ready.Store(true)
 	}
 	obs.Rescan(time.Since(start), err)
+	return nil
 }
 
 // publish hands the snapshot to every subscriber and reports whether one
@@ -310,22 +326,34 @@ func (n *Node) writeSpec(devs []discovery.Device) error {
 	if len(devs) == 0 {
 		if _, err := spec.RemoveStale(n.specPath, n.cfg.Builder.Kind()); err != nil {
 			obs.SpecWrite(err)
+			if !n.owned && errors.Is(err, spec.ErrNotOwned) {
+				return &refusedError{err}
+			}
 			return err
 		}
-		n.written = nil
+		n.owned, n.written = true, nil
 		return nil
 	}
 	s, err := n.cfg.Builder.Build(devs)
 	if err != nil {
 		return err
 	}
-	data, err := spec.Marshal(s, spec.FormatJSON)
-	if err != nil {
+	// A digest, not the bytes: they would stay live as long as the spec
+	// does not change, which on a node is for ever. The spec is encoded
+	// into the digest and, when it changed, again into the file, never
+	// whole in memory.
+	h := sha256.New()
+	if err := spec.Encode(h, s, spec.FormatJSON); err != nil {
 		return err
 	}
-	// A digest, not the bytes: they would stay live as long as the spec
-	// does not change, which on a node is for ever.
-	sum := sha256.Sum256(data)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	if !n.owned {
+		if err := n.claim(sum); err != nil {
+			obs.SpecWrite(err)
+			return err
+		}
+	}
 	if n.written != nil && *n.written == sum {
 		if _, err := os.Stat(n.specPath); err == nil {
 			return nil
@@ -335,13 +363,60 @@ func (n *Node) writeSpec(devs []discovery.Device) error {
 		obs.SpecWrite(err)
 		return err
 	}
-	err = spec.WriteEncoded(n.specPath, data)
+	err = spec.WriteEncodedFrom(n.specPath, func(w io.Writer) error { return spec.Encode(w, s, spec.FormatJSON) })
 	obs.SpecWrite(err)
 	if err != nil {
 		return err
 	}
 	n.written = &sum
 	return nil
+}
+
+// refusedError is claim's refusal of what holds the spec's path.
+type refusedError struct{ error }
+
+func (e *refusedError) Unwrap() error { return e.error }
+
+// claim checks, at the first write, what the spec is replaced by renaming
+// over: the path must hold nothing or a spec of ours. A file that is byte
+// for byte the spec about to be written is ours without parsing it, and is
+// kept: that is a plugin restarted on an unchanged node, the usual case,
+// since /var/run/cdi outlives the pod, and the CDI library's parser
+// allocated about 1.7 MB for the spec of 64 GPUs, which stayed resident
+// (3 MiB more RSS after a restart; BENCHMARKS.md, "At the floor").
+// Anything else goes through spec.CheckOwner.
+func (n *Node) claim(sum [sha256.Size]byte) error {
+	if sameFile(n.specPath, sum) {
+		n.owned, n.written = true, &sum
+		return nil
+	}
+	if _, err := spec.CheckOwner(n.specPath, n.cfg.Builder.Kind()); err != nil {
+		return &refusedError{err}
+	}
+	n.owned = true
+	return nil
+}
+
+// sameFile reports whether path is a regular file, readable by every
+// runtime (spec.Mode), whose content has the digest sum. It reads through
+// a small buffer: the spec is never in memory whole.
+func sameFile(path string, sum [sha256.Size]byte) bool {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != spec.Mode {
+		return false
+	}
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, io.LimitReader(f, fi.Size()+1), make([]byte, 4<<10)); err != nil {
+		return false
+	}
+	var got [sha256.Size]byte
+	h.Sum(got[:0])
+	return got == sum
 }
 
 // stillOurs checks, cheaply, that nothing but a regular file took the

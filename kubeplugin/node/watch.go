@@ -7,6 +7,8 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"golang.org/x/sys/unix"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dirwatch"
 )
 
 // devWatch follows the directories where GPU nodes come and go: the dev
@@ -16,32 +18,46 @@ import (
 // links udev adds after the nodes). Each directory is watched from the
 // moment it exists, so no removal and re-creation is missed.
 type devWatch struct {
-	w       *fsnotify.Watcher
+	w *dirwatch.Follower
+	// own is the watcher made for this one when none was shared.
+	own     *dirwatch.Watcher
 	log     *slog.Logger
 	devRoot string
 	dri     string
 	byPath  string
 }
 
-func newDevWatch(devRoot string, log *slog.Logger) (*devWatch, error) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, fmt.Errorf("creating file watcher: %w", err)
+// newDevWatch follows the dev root through shared, or through a watcher
+// of its own when shared is nil.
+func newDevWatch(devRoot string, shared *dirwatch.Watcher, log *slog.Logger) (*devWatch, error) {
+	d := &devWatch{log: log, devRoot: filepath.Clean(devRoot)}
+	if shared == nil {
+		var err error
+		if d.own, err = dirwatch.New(); err != nil {
+			return nil, err
+		}
+		shared = d.own
 	}
-	d := &devWatch{w: w, log: log, devRoot: filepath.Clean(devRoot)}
+	d.w = shared.Follow()
 	d.dri = filepath.Join(d.devRoot, "dri")
 	d.byPath = filepath.Join(d.dri, "by-path")
-	if err := w.Add(d.devRoot); err != nil {
-		w.Close()
+	if err := d.w.Add(d.devRoot); err != nil {
+		d.close()
 		return nil, fmt.Errorf("watching dev root %s: %w", d.devRoot, err)
 	}
 	d.addDRI()
 	return d, nil
 }
 
-func (d *devWatch) events() <-chan fsnotify.Event { return d.w.Events }
-func (d *devWatch) errors() <-chan error          { return d.w.Errors }
-func (d *devWatch) close()                        { d.w.Close() }
+func (d *devWatch) events() <-chan fsnotify.Event { return d.w.Events() }
+func (d *devWatch) errors() <-chan error          { return d.w.Errors() }
+
+func (d *devWatch) close() {
+	d.w.Close()
+	if d.own != nil {
+		d.own.Close()
+	}
+}
 
 // addDRI watches dri and by-path when they exist. A directory that is not
 // there yet is watched once its parent reports it.

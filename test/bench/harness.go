@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,13 +29,17 @@ import (
 const ProductTags = "urfave_cli_no_docs"
 
 // Candidate is one program (or one mode of a program) under measurement.
-// Adding a candidate is adding one of these: a DRA plugin's would start
-// with its own flags, be ready when its registration socket answers, and
-// time NodePrepareResources as its call.
+// Adding a candidate is adding one of these: a device plugin starts with
+// its flags, is ready once registered with the fake kubelet and listed,
+// and times Allocate; a DRA driver is ready once registered through its
+// registration socket (DRAReady) and times NodePrepareResources.
 type Candidate struct {
 	Name string
 	// Call names the operation Session.Call makes: "Allocate".
 	Call string
+	// Setup, when set, prepares a run before its process starts (the
+	// Node object a DRA driver publishes for).
+	Setup func(ctx context.Context, env *Env) error
 	// Command returns the process to start for one run.
 	Command func(env *Env) *exec.Cmd
 	// Ready waits until the process is registered with the kubelet and can
@@ -49,14 +54,37 @@ type Session interface {
 	Close() error
 }
 
+// Settler is a Session with start-up work of the candidate that comes
+// after ready and must be done before the first memory sample (a DRA
+// driver's ResourceSlices reaching the API server) or before the calls
+// (claims to prepare). Its time is not in the start figure.
+type Settler interface {
+	Settle(ctx context.Context) error
+}
+
+// Afterer is a Session with untimed work after each call: a prepared
+// claim is unprepared, as the kubelet does when its pod goes, so that
+// the next Prepare is a new one.
+type Afterer interface {
+	After(ctx context.Context, i int) error
+}
+
 // Env is what one run of a candidate works in. Node is shared by every
-// run; Kubelet and SpecDir are fresh for each.
+// run; Kubelet, SpecDir, Dir and Seq are fresh for each.
 type Env struct {
 	Node    *fakenode.Node
 	GPUs    int
 	Kubelet *fakekubelet.Kubelet
 	SpecDir string
+	// Dir is an empty directory with a short path, for the sockets of a
+	// DRA driver (the kubelet's plugins_registry and plugins).
+	Dir string
+	// Seq numbers the runs of this process, for names that must differ
+	// from run to run (a DRA driver's node).
+	Seq int
 }
+
+var runs atomic.Int64
 
 // Config sets what a run does.
 type Config struct {
@@ -93,6 +121,14 @@ func Run(ctx context.Context, c Candidate, env *Env, cfg Config) (s Sample, err 
 		b, _ := os.ReadFile(out.Name())
 		return string(b)
 	}
+	if c.Setup != nil {
+		sctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		err := c.Setup(sctx, env)
+		cancel()
+		if err != nil {
+			return s, fmt.Errorf("%s: setting up: %w", c.Name, err)
+		}
+	}
 	cmd := c.Command(env)
 	cmd.Stdout, cmd.Stderr = out, out
 	begin := time.Now()
@@ -118,6 +154,14 @@ func Run(ctx context.Context, c Candidate, env *Env, cfg Config) (s Sample, err 
 	}
 	defer sess.Close()
 	s.Start = time.Since(begin)
+	if st, ok := sess.(Settler); ok {
+		sctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		err := st.Settle(sctx)
+		cancel()
+		if err != nil {
+			return fail("settling", err)
+		}
+	}
 
 	time.Sleep(cfg.Settle)
 	pid := cmd.Process.Pid
@@ -130,6 +174,9 @@ func Run(ctx context.Context, c Candidate, env *Env, cfg Config) (s Sample, err 
 		t0 := time.Now()
 		err := sess.Call(cctx, i)
 		s.Latencies[i] = time.Since(t0)
+		if a, ok := sess.(Afterer); ok && err == nil {
+			err = a.After(cctx, i)
+		}
 		cancel()
 		if err != nil {
 			return fail(fmt.Sprintf("%s %d", c.Call, i), err)
@@ -184,13 +231,13 @@ func NewEnv(node *fakenode.Node, gpus int) (env *Env, cleanup func(), err error)
 		os.RemoveAll(sockDir)
 		return nil, nil, err
 	}
-	k, err := fakekubelet.Start(sockDir)
+	k, err := fakekubelet.Start(filepath.Join(sockDir, "dp"))
 	if err != nil {
 		os.RemoveAll(sockDir)
 		os.RemoveAll(specBase)
 		return nil, nil, err
 	}
-	env = &Env{Node: node, GPUs: gpus, Kubelet: k, SpecDir: filepath.Join(specBase, "cdi")}
+	env = &Env{Node: node, GPUs: gpus, Kubelet: k, SpecDir: filepath.Join(specBase, "cdi"), Dir: sockDir, Seq: int(runs.Add(1))}
 	return env, func() {
 		k.Stop()
 		os.RemoveAll(sockDir)

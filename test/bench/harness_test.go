@@ -7,8 +7,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/drakubelet"
 )
 
 // The floor must keep working for BenchmarkFloor to mean anything, so it
@@ -116,4 +119,69 @@ func buildT(t *testing.T, dir, pkg string) string {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, msg)
 	}
 	return out
+}
+
+// The DRA floor needs an API server for its slices and claims, which go
+// test ./... does not have; what it does without one, registering with
+// the kubelet and stopping on SIGTERM, is checked here so that
+// BenchmarkDRAFloor's floor keeps working.
+func TestTheNoopDRAPluginRegistersWithTheKubeletAndStops(t *testing.T) {
+	bin := buildT(t, t.TempDir(), "./test/cmd/noop-dra")
+	env, cleanup, err := NewEnv(nil, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	// Nothing listens there: the helper's slice controller retries in the
+	// background while the plugin serves the kubelet.
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
+contexts: [{name: none, context: {cluster: none}}]
+current-context: none
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := &DRA{Kubeconfig: kubeconfig}
+	for _, dir := range []string{d.RegistrarDir(env), d.PluginsDir(env)} {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(bin, "--kubeconfig", kubeconfig, "--node-name", "node-a", "--devices", "8",
+		"--kubelet-registrar-dir", d.RegistrarDir(env), "--kubelet-plugins-dir", d.PluginsDir(env))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer cmd.Process.Kill()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := drakubelet.Register(ctx, filepath.Join(d.RegistrarDir(env), DRADriver+"-reg.sock"))
+	if err != nil {
+		t.Fatalf("registering: %v\n%s", err, stderr.String())
+	}
+	if p.Info.Name != DRADriver {
+		t.Errorf("registered as %q, want %q", p.Info.Name, DRADriver)
+	}
+	p.Close()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, stderr.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("still running 30 s after SIGTERM\n%s", stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(d.RegistrarDir(env), DRADriver+"-reg.sock")); !os.IsNotExist(err) {
+		t.Errorf("the registration socket is still there after SIGTERM (%v)", err)
+	}
 }

@@ -19,8 +19,9 @@ type Figure struct {
 
 const mib = 1 << 20
 
-// Figures are the rows, for calls timed calls of the named operation.
-func Figures(calls int, call string) []Figure {
+// Figures are the rows, for calls timed calls of the named operation;
+// ready says what the start figure ends with.
+func Figures(calls int, call, ready string) []Figure {
 	pct := func(p float64) func(Sample) float64 {
 		return func(s Sample) float64 {
 			if len(s.Latencies) == 0 {
@@ -39,7 +40,7 @@ func Figures(calls int, call string) []Figure {
 		{"  peak so far (VmHWM)", "MiB", func(s Sample) float64 { return float64(s.AfterCalls.Peak) / mib }},
 		{call + " p50", "µs", pct(0.50)},
 		{call + " p99", "µs", pct(0.99)},
-		{"start -> registered, devices listed", "ms", func(s Sample) float64 { return float64(s.Start) / float64(time.Millisecond) }},
+		{"start -> " + ready, "ms", func(s Sample) float64 { return float64(s.Start) / float64(time.Millisecond) }},
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dra"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/apiserver"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/drakubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
@@ -42,7 +43,7 @@ func BenchmarkDRAFootprint(b *testing.B) {
 	api := startAPIServer(t)
 	const nodeName = "footprint-node"
 	ctx := context.Background()
-	if _, err := api.client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}, metav1.CreateOptions{}); err != nil {
+	if _, err := api.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	bin, sub := buildCmd(t, "intel-gpu-cdi-dra", ""), []string(nil)
@@ -62,7 +63,7 @@ func BenchmarkDRAFootprint(b *testing.B) {
 	cmd := exec.Command(bin, append(sub, "--sysfs-root", node.Sys, "--dev-root", node.Dev, "--node-name", nodeName,
 		"--kubelet-registrar-dir", filepath.Join(root, "plugins_registry"), "--kubelet-plugins-dir", filepath.Join(root, "plugins"),
 		"--kubelet-socket-dir", filepath.Join(root, "device-plugins"), "--cdi-spec-dir", filepath.Join(t.TempDir(), "cdi"),
-		"--kubeconfig", api.kubeconfig, "--log-level", "warn",
+		"--kubeconfig", api.Kubeconfig, "--log-level", "warn",
 		// The load below prepares claims back to back, faster than the
 		// client-side rate limit allows (each Prepare reads its claim): the
 		// limit would be measured, not the driver.
@@ -119,7 +120,7 @@ func BenchmarkDRAFootprint(b *testing.B) {
 				Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: dra.DefaultDriverName},
 			}}}},
 		}
-		c, err := api.client.ResourceV1().ResourceClaims("default").Create(ctx, c, metav1.CreateOptions{})
+		c, err := api.Client.ResourceV1().ResourceClaims("default").Create(ctx, c, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +128,7 @@ func BenchmarkDRAFootprint(b *testing.B) {
 			Request: "gpu", Driver: dra.DefaultDriverName, Pool: nodeName, Device: published[i%len(published)],
 		}}}}
 		c.Status.ReservedFor = []resourceapi.ResourceClaimConsumerReference{{Resource: "pods", Name: "p", UID: types.UID(fmt.Sprintf("pod-%d", i))}}
-		if objs[i], err = api.client.ResourceV1().ResourceClaims("default").UpdateStatus(ctx, c, metav1.UpdateOptions{}); err != nil {
+		if objs[i], err = api.Client.ResourceV1().ResourceClaims("default").UpdateStatus(ctx, c, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -187,16 +188,16 @@ func BenchmarkDRAFootprint(b *testing.B) {
 
 // waitSliceDevices waits, watching the API server, until the node's
 // ResourceSlices hold n devices, and returns their names.
-func waitSliceDevices(t testing.TB, api *apiServer, nodeName string, n int, stderr *bytes.Buffer) []string {
+func waitSliceDevices(t testing.TB, api *apiserver.Server, nodeName string, n int, stderr *bytes.Buffer) []string {
 	t.Helper()
 	ctx := ctxFor(t, waitFor)
-	w, err := api.client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{})
+	w, err := api.Client.ResourceV1().ResourceSlices().Watch(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Stop()
 	for {
-		l, err := api.client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		l, err := api.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

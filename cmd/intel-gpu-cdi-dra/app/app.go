@@ -79,7 +79,7 @@ func (c *config) flags() []cli.Flag {
 	return append(c.NodeFlags.Flags(),
 		&cli.StringFlag{Name: "node-name", Usage: "this node's name (in a DaemonSet, from the downward API: spec.nodeName)", EnvVars: env("node-name"), Destination: &c.DRA.NodeName},
 		&cli.StringFlag{Name: "driver-name", Value: c.DRA.DriverName, Usage: "the DRA driver name that DeviceClasses select on", EnvVars: env("driver-name"), Destination: &c.DRA.DriverName},
-		cdiapp.KubeletRegistrarDirFlag(&c.DRA.RegistrarDir, "the kubelet's plugins_registry directory, where the registration socket <driver>-reg.sock goes; the same path inside and outside the container"),
+		cdiapp.KubeletRegistrarDirFlag(&c.DRA.RegistrarDir, c.DRA.RegistrarDir, "the kubelet's plugins_registry directory, where the registration socket <driver>-reg.sock goes; the same path inside and outside the container"),
 		&cli.StringFlag{Name: "kubelet-plugins-dir", Value: c.DRA.PluginsDir, Usage: "the kubelet's plugins directory; <dir>/<driver> holds dra.sock and the checkpoint; the same path inside and outside the container", EnvVars: env("kubelet-plugins-dir"), Destination: &c.DRA.PluginsDir},
 		cdiapp.KubeletSocketDirFlag(&c.KubeletSocketDir),
 		cdiapp.SharedDevNumFlag(&c.DRA.SharedDevNum, "how many claims may share one GPU (consumable capacity \"shares\"); 1 makes every GPU exclusive"),

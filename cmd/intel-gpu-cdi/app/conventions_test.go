@@ -313,3 +313,39 @@ func TestListJSONIsAStableContract(t *testing.T) {
 		})
 	}
 }
+
+// urfave/cli asks every flag of a command for its names once per flag it
+// looks up; the wrapped flags answer from a copy made once, so the answer
+// must be the same slice every time, and still the flag's own names.
+func TestFlagNamesAreWorkedOutOnce(t *testing.T) {
+	a := app.New()
+	seen := 0
+	for _, flags := range append([][]cli.Flag{a.Flags}, commandFlags(a)...) {
+		for _, f := range flags {
+			first, second := f.Names(), f.Names()
+			if len(first) == 0 || first[0] == "" {
+				t.Fatalf("a flag without a name: %#v", f)
+			}
+			if _, wrapped := f.(cli.DocGenerationFlag); !wrapped {
+				continue
+			}
+			seen++
+			if &first[0] != &second[0] {
+				t.Errorf("--%s: Names built a new slice on the second call", first[0])
+			}
+			for _, n := range first {
+				if strings.ContainsAny(n, ", ") {
+					t.Errorf("--%s: name %q", first[0], n)
+				}
+			}
+		}
+	}
+	if seen < 25 {
+		t.Errorf("only %d flags checked", seen)
+	}
+	for _, f := range a.Flags {
+		if f.Names()[0] == "verbose" && strings.Join(f.Names(), ",") != "verbose,v" {
+			t.Errorf("--verbose has names %q, want verbose and its alias v", f.Names())
+		}
+	}
+}

@@ -63,28 +63,35 @@ func noArgs(action cli.ActionFunc) cli.ActionFunc {
 // envAware wraps a flag so that it ignores an empty environment variable
 // and, when parent is the same flag given before the command, starts from
 // the value parent ended with instead of its own default and variable.
+//
+// The wrapper also answers Names from a copy made here: urfave/cli's own
+// Names runs a regular expression over every name on every call, and it
+// calls Names of every flag of the command for every flag it looks up
+// (runFlagActions → IsSet → lookupFlag), which at start-up was 0.07 MB of
+// garbage, quadratic in the number of flags.
 func envAware(f cli.Flag, parent cli.Flag) cli.Flag {
+	names := f.Names()
 	switch f := f.(type) {
 	case *cli.StringFlag:
-		w := &stringFlag{StringFlag: f}
+		w := &stringFlag{StringFlag: f, names: names}
 		if p, ok := parent.(*stringFlag); ok && p.Destination != nil {
 			w.parent = p.Destination
 		}
 		return w
 	case *cli.BoolFlag:
-		w := &boolFlag{BoolFlag: f}
+		w := &boolFlag{BoolFlag: f, names: names}
 		if p, ok := parent.(*boolFlag); ok && p.Destination != nil {
 			w.parent = p.Destination
 		}
 		return w
 	case *cli.IntFlag:
-		return &intFlag{IntFlag: f}
-	case *cli.DurationFlag:
-		return &durationFlag{DurationFlag: f}
+		return &intFlag{IntFlag: f, names: names}
 	case *cli.Uint64Flag:
-		return &uint64Flag{Uint64Flag: f}
+		return &uint64Flag{Uint64Flag: f, names: names}
+	case *cli.DurationFlag:
+		return &durationFlag{DurationFlag: f, names: names}
 	case *cli.Float64Flag:
-		return &float64Flag{Float64Flag: f}
+		return &float64Flag{Float64Flag: f, names: names}
 	}
 	return f
 }
@@ -92,7 +99,10 @@ func envAware(f cli.Flag, parent cli.Flag) cli.Flag {
 type stringFlag struct {
 	*cli.StringFlag
 	parent *string
+	names  []string
 }
+
+func (f *stringFlag) Names() []string { return f.names }
 
 func (f *stringFlag) Apply(set *flag.FlagSet) error {
 	if f.parent != nil {
@@ -105,7 +115,10 @@ func (f *stringFlag) Apply(set *flag.FlagSet) error {
 type boolFlag struct {
 	*cli.BoolFlag
 	parent *bool
+	names  []string
 }
+
+func (f *boolFlag) Names() []string { return f.names }
 
 func (f *boolFlag) Apply(set *flag.FlagSet) error {
 	if f.parent != nil {
@@ -115,25 +128,45 @@ func (f *boolFlag) Apply(set *flag.FlagSet) error {
 	return withEnv(&f.EnvVars, f.parent != nil, func() error { return f.BoolFlag.Apply(set) })
 }
 
-type intFlag struct{ *cli.IntFlag }
+type intFlag struct {
+	*cli.IntFlag
+	names []string
+}
+
+func (f *intFlag) Names() []string { return f.names }
 
 func (f *intFlag) Apply(set *flag.FlagSet) error {
 	return withEnv(&f.EnvVars, false, func() error { return f.IntFlag.Apply(set) })
 }
 
-type durationFlag struct{ *cli.DurationFlag }
-
-func (f *durationFlag) Apply(set *flag.FlagSet) error {
-	return withEnv(&f.EnvVars, false, func() error { return f.DurationFlag.Apply(set) })
+type uint64Flag struct {
+	*cli.Uint64Flag
+	names []string
 }
 
-type uint64Flag struct{ *cli.Uint64Flag }
+func (f *uint64Flag) Names() []string { return f.names }
 
 func (f *uint64Flag) Apply(set *flag.FlagSet) error {
 	return withEnv(&f.EnvVars, false, func() error { return f.Uint64Flag.Apply(set) })
 }
 
-type float64Flag struct{ *cli.Float64Flag }
+type durationFlag struct {
+	*cli.DurationFlag
+	names []string
+}
+
+func (f *durationFlag) Names() []string { return f.names }
+
+func (f *durationFlag) Apply(set *flag.FlagSet) error {
+	return withEnv(&f.EnvVars, false, func() error { return f.DurationFlag.Apply(set) })
+}
+
+type float64Flag struct {
+	*cli.Float64Flag
+	names []string
+}
+
+func (f *float64Flag) Names() []string { return f.names }
 
 func (f *float64Flag) Apply(set *flag.FlagSet) error {
 	return withEnv(&f.EnvVars, false, func() error { return f.Float64Flag.Apply(set) })

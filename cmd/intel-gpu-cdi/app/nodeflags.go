@@ -11,7 +11,6 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/discovery"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/conflict"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
@@ -139,8 +138,8 @@ func KubeletSocketDirFlag(dest *string) cli.Flag {
 // KubeletRegistrarDirFlag is --kubelet-registrar-dir, the kubelet's
 // plugins_registry directory: the DRA driver registers there, `plugin`
 // checks that no DRA driver did.
-func KubeletRegistrarDirFlag(dest *string, usage string) cli.Flag {
-	return &cli.StringFlag{Name: "kubelet-registrar-dir", Value: conflict.DefaultRegistrarDir, Usage: usage, EnvVars: env("kubelet-registrar-dir"), Destination: dest}
+func KubeletRegistrarDirFlag(dest *string, def, usage string) cli.Flag {
+	return &cli.StringFlag{Name: "kubelet-registrar-dir", Value: def, Usage: usage, EnvVars: env("kubelet-registrar-dir"), Destination: dest}
 }
 
 // SharedDevNumFlag is --shared-dev-num: how many containers (device

@@ -13,7 +13,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/conflict"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dirwatch"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/httpserver"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
@@ -54,7 +56,7 @@ func (c *pluginConfig) flags() []cli.Flag {
 		&cli.StringFlag{Name: "allocation-policy", Value: string(c.DevicePlugin.Policy), Usage: "preferred allocation with shared GPUs: none (spread), balanced or packed", EnvVars: env("allocation-policy"), Destination: &c.AllocationPolicy},
 		&cli.StringFlag{Name: "device-list-strategy", Value: string(deviceplugin.StrategyCDICRI), Usage: "comma list of cdi-cri, cdi-annotations, device-specs", EnvVars: env("device-list-strategy"), Destination: &c.DeviceListStrategy},
 		&cli.BoolFlag{Name: "enable-monitoring", Usage: "advertise gpu.intel.com/monitoring: one device that gets every GPU", EnvVars: env("enable-monitoring"), Destination: &c.DevicePlugin.EnableMonitoring},
-		KubeletRegistrarDirFlag(&c.RegistrarDir, "the kubelet's plugins_registry directory, looked at (never written) for a DRA driver of the same GPUs, beside which the plugin refuses to start; it moves with the kubelet's --root-dir"),
+		KubeletRegistrarDirFlag(&c.RegistrarDir, "", "the kubelet's plugins_registry directory, looked at (never written) for a DRA driver of the same GPUs, beside which the plugin refuses to start; empty: the one beside --kubelet-socket-dir, as a kubelet with its default --root-dir keeps them"),
 		&cli.StringFlag{Name: "nfd-features-dir", Usage: "Node Feature Discovery features.d directory (such as " + nfd.DefaultFeaturesDir + ") to keep gpu.intel.com/ labels in; empty writes none", EnvVars: env("nfd-features-dir"), Destination: &c.NFDFeaturesDir},
 	)
 }
@@ -100,6 +102,9 @@ func (c *pluginConfig) complete(log *slog.Logger) error {
 	if err := c.DevicePlugin.Validate(); err != nil {
 		return flagError(err)
 	}
+	if c.RegistrarDir == "" {
+		c.RegistrarDir = conflict.RegistryBeside(c.DevicePlugin.KubeletSocketDir)
+	}
 	if d := c.RegistrarDir; !filepath.IsAbs(d) {
 		return fmt.Errorf("--kubelet-registrar-dir: %q is not an absolute path", d)
 	} else if fi, err := os.Stat(d); err == nil && !fi.IsDir() {
@@ -123,6 +128,13 @@ func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
 		obs = metrics.New()
 		c.Node.Observer, c.DevicePlugin.Observer = obs, obs
 	}
+	// One directory watcher for /dev/dri and the kubelet's directory.
+	watch, err := dirwatch.New()
+	if err != nil {
+		return err
+	}
+	defer watch.Close()
+	c.Node.Watcher, c.DevicePlugin.Watcher = watch, watch
 	n, err := node.New(c.Node)
 	if err != nil {
 		return flagError(err)
