@@ -21,7 +21,7 @@ help:
 	@echo 'bench      every benchmark with allocations, then the ratio table against the no-op plugin (see BENCHMARKS.md)'
 	@echo 'fuzz       fuzz the sysfs parsers, the scan, spec building and encoding, the uevent parser, FUZZTIME each (default 30s)'
 	@echo 'golden     rewrite the golden specs in specs/ from the fixtures'
-	@echo 'e2e-cluster  the plugin on a real kubelet + containerd 2 (root; builds pinned components once)'
+	@echo 'e2e-cluster  the device plugin and the DRA driver on a real kubelet + containerd 2 and a one-node cluster (root; builds pinned components once)'
 	@echo 'clean      remove bin/'
 
 build:
@@ -70,10 +70,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzMarshal$$' -fuzztime $(FUZZTIME) ./cdi/spec
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./kubeplugin/health/uevent
 
-# The real-kubelet suite (issue 6): builds containerd, kubelet and friends once
-# into E2E_CACHE_DIR (default /var/cache/intel-gpu-cdi-e2e) and reuses them.
+# The real-kubelet suite (issues 6 and 10): builds containerd, Kubernetes and
+# friends once into E2E_CACHE_DIR (default /var/cache/intel-gpu-cdi-e2e) and
+# reuses them; the static-pod kubelet, then a one-node cluster with the device
+# plugin and the DRA driver.
 e2e-cluster: build
-	E2E_BINARY=$(CURDIR)/$(BIN) test/cluster/run.sh
+	E2E_BINARY=$(CURDIR)/$(BIN) E2E_DRA_BINARY=$(CURDIR)/$(DRA_BIN) test/cluster/run.sh
 
 golden:
 	$(GO) test ./specs -run '^TestGoldenSpecs$$' -args -update

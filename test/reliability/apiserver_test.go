@@ -58,7 +58,7 @@ func cacheBinary(t testing.TB, name string) string {
 	}
 	dir := map[string]string{
 		"etcd":           "etcd-" + versions["ETCD_VERSION"],
-		"kube-apiserver": "kube-control-plane-" + versions["KUBERNETES_VERSION"],
+		"kube-apiserver": "kubernetes-" + versions["KUBERNETES_VERSION"],
 	}[name]
 	p := filepath.Join(cache, dir, name)
 	if _, err := os.Stat(p); err != nil {
