@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	draapp "github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi-dra/app"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app"
 )
 
@@ -57,39 +58,46 @@ func addCommandsRecursively(into map[string]envFlag, cmds []*cli.Command) {
 	}
 }
 
-// allCLIEnv returns every environment variable any part of the CLI reads.
+// allCLIEnv returns every environment variable any part of either binary
+// reads.
 func allCLIEnv() map[string]envFlag {
-	a := app.New()
 	m := map[string]envFlag{}
-	addFlags(m, a.Flags)
-	addCommandsRecursively(m, a.Commands)
+	for _, a := range []*cli.App{app.New(), draapp.New()} {
+		addFlags(m, a.Flags)
+		addCommandsRecursively(m, a.Commands)
+	}
 	return m
 }
 
-// cliEnv returns the environment variables that `intel-gpu-cdi <command>`
-// reads: the app's global flags and the command's own (and its
-// subcommands').
-func cliEnv(t *testing.T, command string) map[string]envFlag {
+// cliEnv returns the environment variables that p reads: for `intel-gpu-cdi
+// plugin`, the app's global flags and the command's own (and its
+// subcommands'); for intel-gpu-cdi-dra, which runs without a subcommand, the
+// app's flags.
+func cliEnv(t *testing.T, p program) map[string]envFlag {
 	t.Helper()
-	a := app.New()
-	c := findCommand(a, command)
-	if c == nil {
-		t.Fatalf("the CLI has no %q command", command)
-	}
 	m := map[string]envFlag{}
+	if p == draDriver {
+		addFlags(m, draapp.New().Flags)
+		return m
+	}
+	a := app.New()
+	c := findCommand(a, "plugin")
+	if c == nil {
+		t.Fatal("the CLI has no plugin command")
+	}
 	addFlags(m, a.Flags)
 	addFlags(m, c.Flags)
 	addCommandsRecursively(m, c.Subcommands)
 	return m
 }
 
-// checkEnvAgainstCLI fails for each variable in env that `intel-gpu-cdi
-// <command>` does not read, and for each value its flag cannot parse (the
-// flag is applied to a throwaway flag set with the variable in the
-// environment, which is what the CLI does at start-up).
-func checkEnvAgainstCLI(t *testing.T, command string, env map[string]string) {
+// checkEnvAgainstCLI fails for each variable in env that p does not read,
+// and for each value its flag cannot parse (the flag is applied to a
+// throwaway flag set with the variable in the environment, which is what
+// the CLI does at start-up).
+func checkEnvAgainstCLI(t *testing.T, p program, env map[string]string) {
 	t.Helper()
-	known := cliEnv(t, command)
+	known := cliEnv(t, p)
 	var names []string
 	for n := range env {
 		names = append(names, n)
@@ -99,9 +107,9 @@ func checkEnvAgainstCLI(t *testing.T, command string, env map[string]string) {
 		f, ok := known[n]
 		if !ok {
 			if _, elsewhere := allCLIEnv()[n]; elsewhere {
-				t.Errorf("env %s belongs to another subcommand: `intel-gpu-cdi %s` does not read it", n, command)
+				t.Errorf("env %s belongs to another command: %s does not read it", n, p)
 			} else {
-				t.Errorf("env %s is not read by `intel-gpu-cdi %s` (the CLI defines no flag with that env var)", n, command)
+				t.Errorf("env %s is not read by %s (neither binary defines a flag with that env var)", n, p)
 			}
 			continue
 		}

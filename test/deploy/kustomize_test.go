@@ -4,12 +4,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 
 	"helm.sh/helm/v3/pkg/chart/loader"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dra"
 )
 
 // nfdLabel is what our NodeFeatureRule puts on Intel GPU nodes.
@@ -39,6 +41,7 @@ func kustomize(t *testing.T, dir string) rendered {
 var kustomizeCases = map[string]struct {
 	agent *agentExpectations // nil: renders no DaemonSet
 	rule  bool               // renders our NodeFeatureRule
+	dra   bool               // renders the DRA driver's account, RBAC, policy and DeviceClasses
 }{
 	"base": {agent: agent(func(a *agentExpectations) {
 		a.Env = map[string]string{
@@ -72,6 +75,9 @@ var kustomizeCases = map[string]struct {
 		a.User, a.Group = nonRootID, nonRootID
 	})},
 	"nfd": {rule: true},
+	// The DRA driver: a kustomization beside base, not an overlay of it, so
+	// that applying or deleting it leaves the device plugin alone.
+	"dra": {agent: ptr.To(stockDRA()), dra: true},
 }
 
 // agent returns the stock expectations changed by edit.
@@ -118,10 +124,20 @@ func TestKustomizations(t *testing.T) {
 			}
 			if tc.agent != nil {
 				ds := r.DaemonSets[0]
-				if ds.Name != "intel-gpu-cdi" || ds.Namespace != "kube-system" {
-					t.Errorf("DaemonSet is %s/%s, want kube-system/intel-gpu-cdi", ds.Namespace, ds.Name)
+				want := "intel-gpu-cdi"
+				if tc.agent.Program == draDriver {
+					want = "intel-gpu-cdi-dra"
+				}
+				if ds.Name != want || ds.Namespace != "kube-system" {
+					t.Errorf("DaemonSet is %s/%s, want kube-system/%s", ds.Namespace, ds.Name, want)
 				}
 				checkAgent(t, ds, *tc.agent)
+				if tc.dra {
+					checkDRAObjects(t, r, ds, dra.DefaultDriverName, true)
+				}
+			}
+			if !tc.dra {
+				checkNoDRAObjects(t, r)
 			}
 
 			if !tc.rule {
@@ -138,19 +154,25 @@ func TestKustomizations(t *testing.T) {
 	}
 }
 
-// The base pins the image to the release the tree is, and that is the
-// chart's appVersion: one version for both ways to install.
-func TestKustomizeBaseImageIsTheChartsAppVersion(t *testing.T) {
-	r := kustomize(t, deployments("kustomize", "base"))
-	if len(r.DaemonSets) != 1 {
-		t.Fatalf("%d DaemonSets, want 1", len(r.DaemonSets))
-	}
+// The base and the DRA kustomization pin their images to the release the
+// tree is, and that is the chart's appVersion: one version for both ways to
+// install, and for both binaries.
+func TestKustomizeImagesAreTheChartsAppVersion(t *testing.T) {
 	chrt, err := loader.Load(deployments("helm", "intel-gpu-cdi"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	image := r.DaemonSets[0].Spec.Template.Spec.Containers[0].Image
-	if want := ":" + chrt.Metadata.AppVersion; !strings.HasSuffix(image, want) {
-		t.Errorf("base image %q, want the tag %s (Chart.yaml appVersion)", image, want)
+	for dir, repository := range map[string]string{
+		"base": "ghcr.io/intel-gpu-cdi/intel-gpu-cdi",
+		"dra":  "ghcr.io/intel-gpu-cdi/intel-gpu-cdi-dra",
+	} {
+		r := kustomize(t, deployments("kustomize", dir))
+		if len(r.DaemonSets) != 1 {
+			t.Fatalf("%s: %d DaemonSets, want 1", dir, len(r.DaemonSets))
+		}
+		image := r.DaemonSets[0].Spec.Template.Spec.Containers[0].Image
+		if want := repository + ":" + chrt.Metadata.AppVersion; image != want {
+			t.Errorf("%s: image %q, want %s (Chart.yaml appVersion)", dir, image, want)
+		}
 	}
 }

@@ -11,14 +11,19 @@ import (
 	"strings"
 	"testing"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/conflict"
 )
 
 // nodeFeatureRule is the part of NFD's nfd.k8s-sigs.io/v1alpha1
@@ -52,6 +57,37 @@ type nfdExpression struct {
 type rendered struct {
 	DaemonSets []*appsv1.DaemonSet
 	Rules      []*nodeFeatureRule
+	// The DRA driver's: its account and RBAC, the admission policy, the
+	// DeviceClasses.
+	ServiceAccounts     []*corev1.ServiceAccount
+	ClusterRoles        []*rbacv1.ClusterRole
+	ClusterRoleBindings []*rbacv1.ClusterRoleBinding
+	Policies            []*admissionv1.ValidatingAdmissionPolicy
+	PolicyBindings      []*admissionv1.ValidatingAdmissionPolicyBinding
+	DeviceClasses       []*resourcev1.DeviceClass
+}
+
+// daemonSet returns the rendered DaemonSet whose name ends with suffix
+// (Helm prefixes the release name), or fails.
+func (r rendered) daemonSet(t *testing.T, suffix string) *appsv1.DaemonSet {
+	t.Helper()
+	for _, ds := range r.DaemonSets {
+		if strings.HasSuffix(ds.Name, suffix) {
+			return ds
+		}
+	}
+	t.Fatalf("no DaemonSet named *%s among %d", suffix, len(r.DaemonSets))
+	return nil
+}
+
+// strictInto decodes doc into a new T, failing on any field T lacks.
+func strictInto[T any](t *testing.T, kind string, doc []byte) *T {
+	t.Helper()
+	obj := new(T)
+	if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+		t.Fatalf("%s does not decode strictly: %v\n%s", kind, err, doc)
+	}
+	return obj
 }
 
 // decodeAll splits a multi-document YAML stream and strictly decodes every
@@ -82,19 +118,23 @@ func decodeAll(t *testing.T, stream []byte) rendered {
 				continue
 			}
 		}
-		switch tm.APIVersion + " " + tm.Kind {
+		switch kind := tm.APIVersion + " " + tm.Kind; kind {
 		case "apps/v1 DaemonSet":
-			ds := &appsv1.DaemonSet{}
-			if err := yaml.UnmarshalStrict(doc, ds); err != nil {
-				t.Fatalf("DaemonSet does not decode strictly: %v\n%s", err, doc)
-			}
-			out.DaemonSets = append(out.DaemonSets, ds)
+			out.DaemonSets = append(out.DaemonSets, strictInto[appsv1.DaemonSet](t, kind, doc))
 		case "nfd.k8s-sigs.io/v1alpha1 NodeFeatureRule":
-			r := &nodeFeatureRule{}
-			if err := yaml.UnmarshalStrict(doc, r); err != nil {
-				t.Fatalf("NodeFeatureRule does not decode strictly: %v\n%s", err, doc)
-			}
-			out.Rules = append(out.Rules, r)
+			out.Rules = append(out.Rules, strictInto[nodeFeatureRule](t, kind, doc))
+		case "v1 ServiceAccount":
+			out.ServiceAccounts = append(out.ServiceAccounts, strictInto[corev1.ServiceAccount](t, kind, doc))
+		case "rbac.authorization.k8s.io/v1 ClusterRole":
+			out.ClusterRoles = append(out.ClusterRoles, strictInto[rbacv1.ClusterRole](t, kind, doc))
+		case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
+			out.ClusterRoleBindings = append(out.ClusterRoleBindings, strictInto[rbacv1.ClusterRoleBinding](t, kind, doc))
+		case "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy":
+			out.Policies = append(out.Policies, strictInto[admissionv1.ValidatingAdmissionPolicy](t, kind, doc))
+		case "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicyBinding":
+			out.PolicyBindings = append(out.PolicyBindings, strictInto[admissionv1.ValidatingAdmissionPolicyBinding](t, kind, doc))
+		case "resource.k8s.io/v1 DeviceClass":
+			out.DeviceClasses = append(out.DeviceClasses, strictInto[resourcev1.DeviceClass](t, kind, doc))
 		default:
 			t.Fatalf("unexpected object %s %s:\n%s", tm.APIVersion, tm.Kind, doc)
 		}
@@ -102,18 +142,41 @@ func decodeAll(t *testing.T, stream []byte) rendered {
 	return out
 }
 
+// program is the binary a DaemonSet runs.
+type program int
+
+const (
+	// devicePlugin is `intel-gpu-cdi plugin`.
+	devicePlugin program = iota
+	// draDriver is intel-gpu-cdi-dra, the image's entrypoint with no args.
+	draDriver
+)
+
+func (p program) String() string {
+	if p == draDriver {
+		return "intel-gpu-cdi-dra"
+	}
+	return "intel-gpu-cdi plugin"
+}
+
 // hostMount is what a DaemonSet must mount from the host.
 type hostMount struct {
 	HostPath string
 	ReadOnly bool
 	// Env names the flag that must point at the mount (through the
-	// container's env, or the flag's default), and Suffix what the flag adds
-	// to the mount path ("/dri" for --dev-root).
+	// container's env, or the flag's default), and Suffix what the binary
+	// adds to the flag's value ("/dri" for --dev-root).
 	Env, Suffix string
+	// Where, when set, says instead where the binary looks, from the values
+	// of its flags (flag returns a variable's value in the container, or
+	// its flag's default).
+	Where func(flag func(env string) string) string
 }
 
 // agentExpectations is what every rendering of the node agent must satisfy.
 type agentExpectations struct {
+	// Program is what the container runs.
+	Program program
 	// Mounts are exactly the host paths the pod mounts.
 	Mounts []hostMount
 	// Policy is the security rule, with this rendering's grants.
@@ -131,6 +194,9 @@ type agentExpectations struct {
 	ProbePort int32
 	// SELinuxType is the container's SELinux type, "" for the runtime's.
 	SELinuxType string
+	// ServiceAccount is the account whose token the pod mounts; "" for
+	// none (the device plugin never calls the API server).
+	ServiceAccount string
 }
 
 // The defaults of a stock install.
@@ -140,22 +206,42 @@ const (
 	// nonRootID is the UID and GID of the non-root overlay and Helm value,
 	// and the group the node preparation files grant access to.
 	nonRootID = 65532
+	// The environment variables of settings that decide host paths.
+	envDevRoot          = "INTEL_GPU_CDI_DEV_ROOT"
+	envKubeletSocketDir = "INTEL_GPU_CDI_KUBELET_SOCKET_DIR"
+	envCDISpecDir       = "INTEL_GPU_CDI_CDI_SPEC_DIR"
+	envHealthStateFile  = "INTEL_GPU_CDI_HEALTH_STATE_FILE"
+	envNodeName         = "INTEL_GPU_CDI_NODE_NAME"
 )
 
-// defaultMounts are the host paths of a stock install: the GPU nodes to
-// look at, and the plugin's two directories. Not /sys: the runtime gives the
-// container its own read-only sysfs, which shows the host's PCI and DRM.
+// defaultMounts are the host paths of a stock install of the device
+// plugin: the GPU nodes to look at, the plugin's two directories, and the
+// kubelet's plugins_registry beside the first, to see whether a DRA driver
+// serves the node. Not /sys: the runtime gives the container its own
+// read-only sysfs, which shows the host's PCI and DRM.
 func defaultMounts() []hostMount {
 	return []hostMount{
-		{HostPath: "/dev/dri", ReadOnly: true, Env: "INTEL_GPU_CDI_DEV_ROOT", Suffix: "/dri"},
-		{HostPath: defaultPluginDirs.KubeletSocketDir, Env: "INTEL_GPU_CDI_KUBELET_SOCKET_DIR"},
-		{HostPath: defaultPluginDirs.CDISpecDir, Env: "INTEL_GPU_CDI_CDI_SPEC_DIR"},
+		{HostPath: "/dev/dri", ReadOnly: true, Env: envDevRoot, Suffix: "/dri"},
+		{HostPath: defaultPluginDirs.KubeletSocketDir, Env: envKubeletSocketDir},
+		{HostPath: defaultPluginDirs.CDISpecDir, Env: envCDISpecDir},
+		registryBesideMount("/var/lib/kubelet/plugins_registry"),
 	}
 }
 
-// stockAgent returns the expectations every rendering starts from.
+// registryBesideMount is the device plugin's read-only view of the
+// plugins_registry at hostPath, which the plugin finds beside its
+// --kubelet-socket-dir.
+func registryBesideMount(hostPath string) hostMount {
+	return hostMount{HostPath: hostPath, ReadOnly: true, Where: func(flag func(string) string) string {
+		return conflict.RegistryBeside(flag(envKubeletSocketDir))
+	}}
+}
+
+// stockAgent returns the expectations every rendering of the device plugin
+// starts from.
 func stockAgent() agentExpectations {
 	return agentExpectations{
+		Program:     devicePlugin,
 		Mounts:      defaultMounts(),
 		Policy:      agentPolicy{Dirs: defaultPluginDirs},
 		ProbePort:   defaultProbePort,
@@ -163,14 +249,20 @@ func stockAgent() agentExpectations {
 	}
 }
 
-// containerEnv returns the container's env as a map; valueFrom is refused
-// because every setting is a literal flag value.
+// containerEnv returns the container's env as a map. valueFrom is refused
+// (every setting is a literal flag value) except the DRA driver's node
+// name, which only the downward API knows.
 func containerEnv(t *testing.T, c corev1.Container) map[string]string {
 	t.Helper()
 	m := map[string]string{}
 	for _, e := range c.Env {
-		if e.ValueFrom != nil {
-			t.Errorf("env %s uses valueFrom; the agent's settings are literal flag values", e.Name)
+		switch {
+		case e.ValueFrom == nil:
+		case e.Name == envNodeName && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName":
+			// Stands for the node's name: a value the flag accepts.
+			e.Value = "gpu-node-1"
+		default:
+			t.Errorf("env %s uses valueFrom; the agent's settings are literal flag values (only %s comes from spec.nodeName)", e.Name, envNodeName)
 		}
 		if _, dup := m[e.Name]; dup {
 			t.Errorf("env %s is set twice", e.Name)
@@ -208,9 +300,6 @@ func checkAgent(t *testing.T, ds *appsv1.DaemonSet, want agentExpectations) {
 		if spec.PriorityClassName != "system-node-critical" {
 			t.Errorf("priorityClassName = %q, want system-node-critical", spec.PriorityClassName)
 		}
-		if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
-			t.Errorf("automountServiceAccountToken must be false: the agent never calls the API server")
-		}
 		if len(spec.Tolerations) == 0 {
 			t.Errorf("no tolerations: the agent would miss tainted GPU nodes")
 		}
@@ -224,6 +313,39 @@ func checkAgent(t *testing.T, ds *appsv1.DaemonSet, want agentExpectations) {
 		}
 	})
 
+	t.Run("the pod has a service-account token only where it calls the API server", func(t *testing.T) {
+		mounted := spec.AutomountServiceAccountToken
+		switch {
+		case want.ServiceAccount == "" && (mounted == nil || *mounted):
+			t.Errorf("automountServiceAccountToken must be false: %s never calls the API server", want.Program)
+		case want.ServiceAccount != "" && (mounted == nil || !*mounted):
+			t.Errorf("automountServiceAccountToken = %v, want true: %s publishes ResourceSlices", ptrText(mounted), want.Program)
+		case spec.ServiceAccountName != want.ServiceAccount:
+			t.Errorf("serviceAccountName = %q, want %q", spec.ServiceAccountName, want.ServiceAccount)
+		}
+	})
+
+	t.Run("the pod runs on the nodes whose label chooses it", func(t *testing.T) {
+		for _, value := range kubeletPluginLabelValues {
+			node := labelledNode(value, satisfyingLabels(spec))
+			if got, expect := runsOn(t, spec, node), servesLabel(want.Program, value); got != expect {
+				t.Errorf("%s runs on a node labelled %s: %v, want %v", want.Program, labelText(value), got, expect)
+			}
+		}
+	})
+
+	if want.Program == draDriver {
+		t.Run("an update never runs two drivers on a node", func(t *testing.T) {
+			u := ds.Spec.UpdateStrategy
+			if u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate == nil || u.RollingUpdate.MaxSurge == nil {
+				t.Fatalf("updateStrategy %+v: want RollingUpdate with maxSurge 0 set", u)
+			}
+			if surge := u.RollingUpdate.MaxSurge; surge.IntValue() != 0 || surge.String() != "0" {
+				t.Errorf("maxSurge = %s, want 0", surge.String())
+			}
+		})
+	}
+
 	if len(spec.InitContainers) > 0 || len(spec.EphemeralContainers) > 0 {
 		t.Errorf("unexpected init or ephemeral containers")
 	}
@@ -232,13 +354,31 @@ func checkAgent(t *testing.T, ds *appsv1.DaemonSet, want agentExpectations) {
 	}
 	c := spec.Containers[0]
 	env := containerEnv(t, c)
+	flag := func(name string) string {
+		if v, ok := env[name]; ok {
+			return v
+		}
+		return cliDefault(t, want.Program, name)
+	}
 
-	t.Run("the container runs the plugin subcommand of the image's entrypoint", func(t *testing.T) {
+	t.Run("the container runs the image's entrypoint with the right args", func(t *testing.T) {
 		if len(c.Command) != 0 {
 			t.Errorf("command %v overrides the image entrypoint", c.Command)
 		}
-		if len(c.Args) == 0 || c.Args[0] != "plugin" {
-			t.Errorf("args = %v, want [plugin ...]", c.Args)
+		switch want.Program {
+		case devicePlugin:
+			if len(c.Args) == 0 || c.Args[0] != "plugin" {
+				t.Errorf("args = %v, want [plugin ...]", c.Args)
+			}
+		case draDriver:
+			// The driver is the entrypoint; any argument would be taken as a
+			// subcommand.
+			if len(c.Args) != 0 {
+				t.Errorf("args = %v, want none", c.Args)
+			}
+			if _, ok := env[envNodeName]; !ok {
+				t.Errorf("%s is not set: the driver cannot name its pool", envNodeName)
+			}
 		}
 	})
 
@@ -285,11 +425,11 @@ func checkAgent(t *testing.T, ds *appsv1.DaemonSet, want agentExpectations) {
 		}
 	})
 
+	volumes := map[string]corev1.Volume{}
+	for _, v := range spec.Volumes {
+		volumes[v.Name] = v
+	}
 	t.Run("the host paths are exactly those the plugin uses, mounted where it is told", func(t *testing.T) {
-		volumes := map[string]corev1.Volume{}
-		for _, v := range spec.Volumes {
-			volumes[v.Name] = v
-		}
 		mounts := map[string]corev1.VolumeMount{} // by host path
 		for _, m := range c.VolumeMounts {
 			v, ok := volumes[m.Name]
@@ -320,18 +460,33 @@ func checkAgent(t *testing.T, ds *appsv1.DaemonSet, want agentExpectations) {
 			if m.ReadOnly != w.ReadOnly {
 				t.Errorf("%s: readOnly = %v, want %v", w.HostPath, m.ReadOnly, w.ReadOnly)
 			}
-			flagValue, set := env[w.Env]
-			if !set {
-				flagValue = cliDefault(t, w.Env)
+			var looks, told string
+			if w.Where != nil {
+				looks, told = w.Where(flag), "its flags"
+			} else {
+				looks, told = strings.TrimSuffix(flag(w.Env), "/")+w.Suffix, fmt.Sprintf("%s=%q", w.Env, flag(w.Env))
 			}
-			if got := strings.TrimSuffix(flagValue, "/") + w.Suffix; got != m.MountPath {
-				t.Errorf("%s is mounted at %s but the plugin is told %s=%q", w.HostPath, m.MountPath, w.Env, flagValue)
+			if looks != m.MountPath {
+				t.Errorf("%s is mounted at %s but %s looks at %s (told by %s)", w.HostPath, m.MountPath, want.Program, looks, told)
 			}
 		}
 	})
 
+	t.Run("the health state file is in a directory the plugin may write", func(t *testing.T) {
+		file := flag(envHealthStateFile)
+		if file == "" {
+			t.Fatalf("%s is not set: what only kernel events said is lost at every restart", envHealthStateFile)
+		}
+		for _, m := range c.VolumeMounts {
+			if !m.ReadOnly && strings.HasPrefix(file, strings.TrimSuffix(m.MountPath, "/")+"/") {
+				return
+			}
+		}
+		t.Errorf("%s=%s is in no writable mount: the container's root filesystem is read-only", envHealthStateFile, file)
+	})
+
 	t.Run("every env var is one the CLI reads, with a value it parses", func(t *testing.T) {
-		checkEnvAgainstCLI(t, c.Args[0], env)
+		checkEnvAgainstCLI(t, want.Program, env)
 		for _, e := range c.Env {
 			for _, msg := range validation.IsEnvVarName(e.Name) {
 				t.Errorf("env %s: %s", e.Name, msg)
@@ -373,12 +528,12 @@ func ptrText[T any](p *T) string {
 	return fmt.Sprint(*p)
 }
 
-// cliDefault returns the default of the plugin flag behind an env var.
-func cliDefault(t *testing.T, env string) string {
+// cliDefault returns the default of the flag behind an env var of p.
+func cliDefault(t *testing.T, p program, env string) string {
 	t.Helper()
-	f, ok := cliEnv(t, "plugin")[env]
+	f, ok := cliEnv(t, p)[env]
 	if !ok {
-		t.Fatalf("the CLI defines no flag with env %s", env)
+		t.Fatalf("%s defines no flag with env %s", p, env)
 	}
 	return f.Default
 }

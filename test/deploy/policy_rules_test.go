@@ -7,6 +7,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dra"
 )
 
 // basePod is the pod template of the rendered kustomize base: the shipped
@@ -33,7 +35,7 @@ func mountOf(t *testing.T, spec *corev1.PodSpec, hp string) *corev1.VolumeMount 
 			}
 		}
 	}
-	t.Fatalf("the base does not mount host path %s", hp)
+	t.Fatalf("the pod does not mount host path %s", hp)
 	return nil
 }
 
@@ -192,6 +194,60 @@ func TestPolicyGrantsAreExplicitAndNarrow(t *testing.T) {
 			case tc.want == "" && len(got) != 0:
 				t.Errorf("violations = %q, want none: the grant allows it", got)
 			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want)):
+				t.Errorf("violations = %q, want exactly one containing %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// draPod is the pod template of the rendered DRA kustomization.
+func draPod(t *testing.T) corev1.PodSpec {
+	t.Helper()
+	r := kustomize(t, deployments("kustomize", "dra"))
+	if len(r.DaemonSets) != 1 {
+		t.Fatalf("%d DaemonSets, want 1", len(r.DaemonSets))
+	}
+	return r.DaemonSets[0].Spec.Template.Spec
+}
+
+// The DRA driver's grants are its two kubelet directories, and no more:
+// not the device plugin's directory, not the rest of the kubelet's.
+func TestDRAPolicyGrantsOnlyTheDriversDirs(t *testing.T) {
+	policy := draPolicy(defaultDRAPaths)
+	if v := violations(draPod(t), policy); len(v) != 0 {
+		t.Fatalf("the shipped DRA DaemonSet already breaks the rule: %v", v)
+	}
+	for _, tc := range []struct {
+		name   string
+		break_ func(t *testing.T, s *corev1.PodSpec)
+		want   string
+	}{
+		{"the device plugin's dir made writable", func(t *testing.T, s *corev1.PodSpec) {
+			m := mountOf(t, s, defaultPluginDirs.KubeletSocketDir)
+			m.ReadOnly, m.RecursiveReadOnly = false, nil
+		}, "host path /var/lib/kubelet/device-plugins at /var/lib/kubelet/device-plugins is writable; only /var/run/cdi and declared grants may be"},
+		{"the device plugin's dir read-only but not recursively", func(t *testing.T, s *corev1.PodSpec) {
+			mountOf(t, s, defaultPluginDirs.KubeletSocketDir).RecursiveReadOnly = nil
+		}, "host path /var/lib/kubelet/device-plugins at /var/lib/kubelet/device-plugins is read-only but not recursively"},
+		{"the kubelet's whole plugins dir instead of the driver's own", func(t *testing.T, s *corev1.PodSpec) {
+			for i := range s.Volumes {
+				if hp := s.Volumes[i].HostPath; hp != nil && hp.Path == defaultDRAPaths.dataDir() {
+					hp.Path = dra.DefaultPluginsDir
+				}
+			}
+		}, "host path /var/lib/kubelet/plugins at /var/lib/kubelet/plugins/gpu.intel.com is writable"},
+		{"another driver's dir", func(t *testing.T, s *corev1.PodSpec) {
+			addHostPath(s, "other", "/var/lib/kubelet/plugins/other.example.com", false, nil)
+		}, "host path /var/lib/kubelet/plugins/other.example.com at /var/lib/kubelet/plugins/other.example.com is writable"},
+		{"the kubelet's root", func(t *testing.T, s *corev1.PodSpec) {
+			addHostPath(s, "kubelet", "/var/lib/kubelet", false, nil)
+		}, "host path /var/lib/kubelet at /var/lib/kubelet is writable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := draPod(t)
+			tc.break_(t, &s)
+			got := violations(s, policy)
+			if len(got) != 1 || !strings.Contains(got[0], tc.want) {
 				t.Errorf("violations = %q, want exactly one containing %q", got, tc.want)
 			}
 		})

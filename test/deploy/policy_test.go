@@ -23,8 +23,10 @@ import (
 // and with the reason, so that a later overlay (DRA's plugin directories, a
 // hostNetwork overlay for kernel uevents) widens only itself.
 
-// pluginDirs are the two host directories the plugin writes: the kubelet's
-// device-plugin dir (its socket; kubelet.sock) and the CDI spec dir.
+// pluginDirs are the two host directories the device plugin writes: the
+// kubelet's device-plugin dir (its socket; kubelet.sock) and the CDI spec
+// dir. An empty one is not writable: the DRA driver writes the spec but only
+// looks into the device-plugin dir.
 type pluginDirs struct{ KubeletSocketDir, CDISpecDir string }
 
 // defaultPluginDirs are where a stock install keeps them.
@@ -87,9 +89,13 @@ func violations(spec corev1.PodSpec, p agentPolicy) []string {
 		bad("spec.securityContext.seccompProfile is Unconfined")
 	}
 
-	writable := map[string]bool{
-		filepath.Clean(p.Dirs.KubeletSocketDir): true,
-		filepath.Clean(p.Dirs.CDISpecDir):       true,
+	writable := map[string]bool{}
+	var dirs []string
+	for _, d := range []string{p.Dirs.KubeletSocketDir, p.Dirs.CDISpecDir} {
+		if d != "" {
+			writable[filepath.Clean(d)] = true
+			dirs = append(dirs, d)
+		}
 	}
 	for hp, why := range p.Grants.Writable {
 		if why != "" {
@@ -119,7 +125,7 @@ func violations(spec corev1.PodSpec, p agentPolicy) []string {
 			}
 			if !m.ReadOnly {
 				if !writable[hp] {
-					bad("%s is writable; only %s, %s and declared grants may be", mf, p.Dirs.KubeletSocketDir, p.Dirs.CDISpecDir)
+					bad("%s is writable; only %s and declared grants may be", mf, strings.Join(dirs, ", "))
 				}
 				continue
 			}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -26,16 +25,35 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
 
-// The objects in testdata are what the manifests need (the DeviceClasses,
-// RBAC) and the examples of the README. These tests keep them true to the
-// driver: they decode strictly as the API server's types, and every
+// The shipped DRA manifests (deployments/kustomize/dra: the DeviceClasses,
+// RBAC, the admission policy) and examples (deployments/examples/dra), read
+// where they ship so that one copy exists. These tests keep them true to
+// the driver: they decode strictly as the API server's types, and every
 // attribute, capacity, taint and driver name they use is one the driver
-// publishes.
+// publishes. (test/deploy holds the same files to the deployment rules.)
 
-// readObjects decodes every document of a testdata file strictly.
-func readObjects(t *testing.T, name string) []runtime.Object {
+// shippedDRAFiles are the YAML files of the DRA manifests and examples.
+func shippedDRAFiles(t *testing.T) []string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("testdata", name))
+	var files []string
+	for _, dir := range []string{"kustomize/dra", "examples/dra"} {
+		m, err := filepath.Glob(filepath.Join("..", "..", "deployments", filepath.FromSlash(dir), "*.yaml"))
+		require.NoError(t, err)
+		require.NotEmpty(t, m, "no YAML in deployments/%s", dir)
+		files = append(files, m...)
+	}
+	return files
+}
+
+// readObjects decodes every document of a file strictly; kustomization.yaml
+// is kustomize's, not the API server's, and is left to test/deploy.
+func readObjects(t *testing.T, path string) []runtime.Object {
+	t.Helper()
+	name := filepath.Base(path)
+	if name == "kustomization.yaml" {
+		return nil
+	}
+	data, err := os.ReadFile(path)
 	require.NoError(t, err)
 	strict := json.NewSerializerWithOptions(json.DefaultMetaFactory, scheme.Scheme, scheme.Scheme, json.SerializerOptions{Yaml: true, Strict: true})
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
@@ -79,9 +97,29 @@ func TestTheManifestObjectsAndExamplesUseWhatTheDriverPublishes(t *testing.T) {
 	var classes []*resourceapi.DeviceClass
 	var exprs []string
 	var tolerations []resourceapi.DeviceToleration
-	var capacityRequests []string
-	for _, file := range []string{"deviceclasses.yaml", "rbac.yaml", "examples.yaml"} {
+	var capacityRequests, classNames []string
+	claim := func(c resourceapi.DeviceClaim) {
+		for _, req := range c.Requests {
+			require.NotNil(t, req.Exactly, "request %s", req.Name)
+			for _, s := range req.Exactly.Selectors {
+				exprs = append(exprs, s.CEL.Expression)
+			}
+			tolerations = append(tolerations, req.Exactly.Tolerations...)
+			if req.Exactly.Capacity != nil {
+				for name := range req.Exactly.Capacity.Requests {
+					capacityRequests = append(capacityRequests, string(name))
+				}
+			}
+			classNames = append(classNames, req.Exactly.DeviceClassName)
+		}
+		for _, c := range c.Constraints {
+			assert.True(t, published[string(*c.MatchAttribute)], "constraint on %s, which is not published", *c.MatchAttribute)
+		}
+	}
+	kinds := map[string]int{}
+	for _, file := range shippedDRAFiles(t) {
 		for _, obj := range readObjects(t, file) {
+			kinds[obj.GetObjectKind().GroupVersionKind().Kind]++
 			switch o := obj.(type) {
 			case *resourceapi.DeviceClass:
 				classes = append(classes, o)
@@ -89,26 +127,20 @@ func TestTheManifestObjectsAndExamplesUseWhatTheDriverPublishes(t *testing.T) {
 					exprs = append(exprs, s.CEL.Expression)
 				}
 			case *resourceapi.ResourceClaimTemplate:
-				for _, req := range o.Spec.Spec.Devices.Requests {
-					for _, s := range req.Exactly.Selectors {
-						exprs = append(exprs, s.CEL.Expression)
-					}
-					tolerations = append(tolerations, req.Exactly.Tolerations...)
-					if req.Exactly.Capacity != nil {
-						for name := range req.Exactly.Capacity.Requests {
-							capacityRequests = append(capacityRequests, string(name))
-						}
-					}
-					assert.Contains(t, []string{"gpu.intel.com", "i915.gpu.intel.com", "xe.gpu.intel.com"}, req.Exactly.DeviceClassName)
-				}
-				for _, c := range o.Spec.Spec.Devices.Constraints {
-					assert.True(t, published[string(*c.MatchAttribute)], "constraint on %s, which is not published", *c.MatchAttribute)
-				}
+				claim(o.Spec.Spec.Devices)
+			case *resourceapi.ResourceClaim:
+				claim(o.Spec.Devices)
 			case *rbacv1.ClusterRole:
 				assert.Len(t, o.Rules, 3)
-			case *corev1.Pod, *corev1.Namespace:
 			}
 		}
+	}
+	for _, kind := range []string{"DeviceClass", "ResourceClaimTemplate", "ResourceClaim", "Pod", "Namespace", "ClusterRole", "DaemonSet", "ValidatingAdmissionPolicy"} {
+		assert.NotZero(t, kinds[kind], "no %s among the shipped DRA files", kind)
+	}
+	for _, name := range classNames {
+		assert.True(t, slices.ContainsFunc(classes, func(c *resourceapi.DeviceClass) bool { return c.Name == name }),
+			"a claim asks for DeviceClass %s, which is not shipped", name)
 	}
 	require.NotEmpty(t, exprs)
 	for _, e := range exprs {
