@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -30,13 +32,19 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
 
-// What the DRA driver ships: its RBAC (a ServiceAccount, a ClusterRole and
-// its binding, and the policy that keeps each node's driver to its own
-// slices), its DeviceClasses and the examples' claims.
+// What the DRA driver ships: its kustomization (the DaemonSet, a
+// ServiceAccount with its least RBAC, the policy that keeps each node's
+// driver to its own slices, the DeviceClasses), and the examples' claims.
 const (
-	draRBAC    = "../dra/testdata/rbac.yaml"
-	draClasses = "../dra/testdata/deviceclasses.yaml"
-	draExample = "../dra/testdata/examples.yaml"
+	draKustomization = "../../deployments/kustomize/dra"
+	draExamples      = "../../deployments/examples/dra"
+	// draShippedImage is the image the kustomization deploys; the test
+	// overlay swaps it for draImage, loaded locally.
+	draShippedImage = "ghcr.io/intel-gpu-cdi/intel-gpu-cdi-dra"
+	draImage        = "e2e.local/intel-gpu-cdi-dra:e2e"
+	// kubeletPluginLabel chooses the device plugin or the DRA driver for a
+	// node.
+	kubeletPluginLabel = "gpu.intel.com/kubelet-plugin"
 )
 
 const (
@@ -79,14 +87,20 @@ type draSuite struct {
 	kubeconfig string
 	driver     *rig.Proc
 	probe      string
-	results    map[string]any
+	// daemonSet is the shipped DaemonSet, rendered for the rig; account
+	// the shipped ServiceAccount.
+	daemonSet *unstructured.Unstructured
+	account   string
+	results   map[string]any
 }
 
 // TestDRA runs intel-gpu-cdi-dra against the one-node cluster of
-// TestFullCluster, with only the shipped RBAC, and checks each scenario
-// against the container's own view of /dev/dri. The driver runs as a host
-// process (see README.md): the steps kill it, restart it with other flags,
-// and read its memory.
+// TestFullCluster and checks each scenario against the container's own
+// view of /dev/dri. First as the shipped DaemonSet, beside the device
+// plugin's, on a node whose label chooses DRA; then, for the scenarios, as
+// a host process with the credentials of the same ServiceAccount (see
+// README.md): the steps kill it, restart it with other flags and read its
+// memory.
 func TestDRA(t *testing.T) {
 	draBinary := os.Getenv("E2E_DRA_BINARY")
 	if draBinary == "" {
@@ -100,6 +114,10 @@ func TestDRA(t *testing.T) {
 	s := startFullCluster(ctx, t, draNodeGPUs, "dra", "plugin")
 	d := &draSuite{suite: s, api: s.r.API(), draBinary: draBinary, results: map[string]any{}}
 	d.setUp(ctx, t)
+	if !t.Run("deployed from the kustomization as a DaemonSet on a node labelled dra, with only its RBAC, it serves a claim and the device plugin's DaemonSet stays off the node", func(t *testing.T) { d.deployed(ctx, t) }) {
+		t.FailNow()
+	}
+	d.startDriver(ctx, t)
 
 	steps := []struct {
 		name string
@@ -107,7 +125,7 @@ func TestDRA(t *testing.T) {
 	}{
 		{"with only the shipped RBAC the driver publishes the fake node's GPUs in its ResourceSlice, and no other node's", d.resourceSlice},
 		{"a pod with a claim from a template gets exactly the one GPU allocated to it", d.claimTemplate},
-		{"CEL selectors pick the device: PCI ID 0x56a0, and driver xe on NUMA node 0", d.celSelectors},
+		{"CEL selectors pick the device: PCI ID 0x56a0, driver xe, driver xe on NUMA node 0", d.celSelectors},
 		{"two pods that reference one ResourceClaim share its GPU", d.sharedClaim},
 		{"a claim for more GPUs than the node has stays Pending with the scheduler's reason", d.overAsk},
 		{"a deleted pod's claim is unprepared and its GPU goes to the next pod", d.unprepareReuse},
@@ -130,13 +148,46 @@ func TestDRA(t *testing.T) {
 	writeResults(t, "TestDRA", d.results)
 }
 
-// setUp applies the shipped RBAC, DeviceClasses and example claims, makes
-// the driver's credentials and starts it.
+// setUp applies the shipped RBAC, policy, DeviceClasses and example
+// claims, loads the images and makes the credentials the host-process
+// driver uses.
 func (d *draSuite) setUp(ctx context.Context, t *testing.T) {
 	t.Helper()
+	r := d.r
+	for _, img := range []string{
+		pluginImageArchive(t, r.Dir, d.binary),
+		scratchImage(t, r.Dir, d.draBinary, "./cmd/intel-gpu-cdi-dra", draImage),
+	} {
+		if err := r.ImportImage(ctx, img); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var objs []*unstructured.Unstructured
 	saNamespace, saName := "", ""
-	for _, f := range []string{draRBAC, draClasses, draExample} {
+	for _, o := range renderWithLocalImage(t, r, draKustomization, draShippedImage, draImage) {
+		switch o.GetKind() {
+		case "DaemonSet":
+			if err := pointAtFakeNode(o.Object, d.node, r.CDISpecDir); err != nil {
+				t.Fatal(err)
+			}
+			if err := onHostNetwork(o.Object, d.api.Config.Host); err != nil {
+				t.Fatal(err)
+			}
+			d.daemonSet = o
+			continue
+		case "ServiceAccount":
+			saNamespace, saName = o.GetNamespace(), o.GetName()
+		}
+		objs = append(objs, o)
+	}
+	if saName == "" || d.daemonSet == nil {
+		t.Fatalf("%s renders no ServiceAccount or no DaemonSet", draKustomization)
+	}
+	examples, err := filepath.Glob(filepath.Join(draExamples, "*.yaml"))
+	if err != nil || len(examples) == 0 {
+		t.Fatalf("no examples in %s (%v)", draExamples, err)
+	}
+	for _, f := range examples {
 		raw, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -146,17 +197,11 @@ func (d *draSuite) setUp(ctx context.Context, t *testing.T) {
 			t.Fatalf("%s: %v", f, err)
 		}
 		for _, o := range list {
-			switch o.GetKind() {
-			case "Pod": // written for a cluster with a registry; the steps make their own
-				continue
-			case "ServiceAccount":
-				saNamespace, saName = o.GetNamespace(), o.GetName()
+			// Written for a cluster with a registry: the steps make their own.
+			if o.GetKind() != "Pod" {
+				objs = append(objs, o)
 			}
-			objs = append(objs, o)
 		}
-	}
-	if saName == "" {
-		t.Fatalf("%s has no ServiceAccount", draRBAC)
 	}
 	if err := d.api.Apply(ctx, objs...); err != nil {
 		t.Fatal(err)
@@ -173,11 +218,129 @@ func (d *draSuite) setUp(ctx context.Context, t *testing.T) {
 	if _, err := d.api.Client.ResourceV1().ResourceClaimTemplates("default").Create(ctx, overAsk, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var err error
-	if d.kubeconfig, err = d.r.ServiceAccountKubeconfig(ctx, saNamespace, saName); err != nil {
+	d.account = saName
+	if d.kubeconfig, err = r.ServiceAccountKubeconfig(ctx, saNamespace, saName); err != nil {
 		t.Fatal(err)
 	}
-	d.startDriver(ctx, t)
+}
+
+// onHostNetwork lets the DaemonSet's pod reach the rig's API server, which
+// listens on loopback only and has no kube-proxy in front of its service
+// address: the pod gets the host's network and the server's address for
+// its in-cluster configuration. Its probes stay on loopback, on a free port.
+func onHostNetwork(ds map[string]any, server string) error {
+	u, err := url.Parse(server)
+	if err != nil {
+		return err
+	}
+	port, err := rig.FreePort()
+	if err != nil {
+		return err
+	}
+	podSpec, _ := dig(ds, "spec", "template", "spec").(map[string]any)
+	if podSpec == nil {
+		return errors.New("DaemonSet has no pod template")
+	}
+	podSpec["hostNetwork"] = true
+	for _, c := range asList(podSpec["containers"]) {
+		setEnv(c, map[string]string{
+			"KUBERNETES_SERVICE_HOST":     u.Hostname(),
+			"KUBERNETES_SERVICE_PORT":     u.Port(),
+			"INTEL_GPU_CDI_PROBE_ADDRESS": "127.0.0.1:" + strconv.Itoa(port),
+		})
+		for _, p := range asList(c["ports"]) {
+			p["containerPort"] = port
+		}
+		for _, probe := range []string{"livenessProbe", "readinessProbe"} {
+			if get, ok := dig(c, probe, "httpGet").(map[string]any); ok {
+				get["host"] = "127.0.0.1"
+			}
+		}
+	}
+	return nil
+}
+
+// setEnv sets a container's environment variables, replacing any of the
+// same names.
+func setEnv(c map[string]any, env map[string]string) {
+	var envs []any
+	for _, e := range asList(c["env"]) {
+		if _, ok := env[fmt.Sprint(e["name"])]; !ok {
+			envs = append(envs, e)
+		}
+	}
+	for k, v := range env {
+		envs = append(envs, map[string]any{"name": k, "value": v})
+	}
+	c["env"] = envs
+}
+
+// deployed runs both DaemonSets as a cluster whose nodes choose by label
+// does, on a node labelled dra: the driver's pod turns Ready (registered),
+// publishes the node's GPUs and serves a claim; the device plugin's
+// DaemonSet schedules nothing there. Then both go, and the steps after run
+// the driver themselves.
+func (d *draSuite) deployed(ctx context.Context, t *testing.T) {
+	api := d.api
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:"dra"}}}`, kubeletPluginLabel)
+	if _, err := api.Client.CoreV1().Nodes().Patch(ctx, rig.NodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pluginObjs := renderDaemonSet(t, d.r, d.node, baseDir)
+	start := time.Now()
+	if err := api.Apply(ctx, append(pluginObjs, d.daemonSet)...); err != nil {
+		t.Fatal(err)
+	}
+	const selector = "app.kubernetes.io/name=intel-gpu-cdi-dra"
+	pod, err := waitDaemonPodReady(ctx, api, selector, 120*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("DaemonSets applied -> the driver's pod %s Ready (registered) in %s", pod.Name, time.Since(start).Round(time.Millisecond))
+	if pod.Spec.ServiceAccountName != d.account {
+		t.Errorf("the driver's pod runs as %q, not as the kustomization's ServiceAccount %q", pod.Spec.ServiceAccountName, d.account)
+	}
+	if _, err := d.waitDevices(ctx, 30*time.Second, func(devs map[string]resourceapi.Device) error {
+		if len(devs) != len(d.gpus) {
+			return fmt.Errorf("%d devices published, want %d", len(devs), len(d.gpus))
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, api.Logs(ctx, "kube-system", selector, 30))
+	}
+	t.Logf("-> the node's %d GPUs in its ResourceSlice %s after the apply", len(d.gpus), time.Since(start).Round(time.Millisecond))
+	err = rig.WaitFor(30*time.Second, 250*time.Millisecond, func() (bool, error) {
+		ds, err := api.Client.AppsV1().DaemonSets("kube-system").Get(ctx, "intel-gpu-cdi", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if ds.Status.ObservedGeneration < ds.Generation {
+			return false, errors.New("the device plugin's DaemonSet is not observed yet")
+		}
+		return ds.Status.DesiredNumberScheduled == 0, fmt.Errorf("the device plugin's DaemonSet wants %d pods on a node labelled dra", ds.Status.DesiredNumberScheduled)
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	got, _, _ := d.runClaimPod(ctx, t, "ds-one-gpu", rig.PodClaim{Name: "gpu", Template: "one-gpu"})
+	if len(got) != 1 {
+		t.Errorf("the pod sees %v, want one GPU", pcis(got))
+	}
+	if err := api.DeletePods(ctx, "default", "", 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := api.Delete(ctx, 90*time.Second, append(pluginObjs, d.daemonSet)...); err != nil {
+		t.Fatal(err)
+	}
+	if err := api.DeletePods(ctx, "kube-system", selector, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitCheckpoint(t, func(cs map[string]json.RawMessage) error {
+		if len(cs) != 0 {
+			return fmt.Errorf("claims %v left by the DaemonSet's driver", keys(cs))
+		}
+		return nil
+	})
 }
 
 // driverArgs are the driver's flags on the fake node: every kubelet path
@@ -566,10 +729,16 @@ func (d *draSuite) celSelectors(ctx context.Context, t *testing.T) {
 	if id := sysfsFacts(t, d.node.Sys, arc[0])["pciId"]; id != "0x56a0" {
 		t.Errorf("the pciId selector gave GPU %s, whose PCI ID is %s", arc[0].PCI, id)
 	}
-	xeGPUs, _, _ := d.runClaimPod(ctx, t, "xe-numa0", rig.PodClaim{Name: "gpu", Template: "xe-numa0"})
+	xeGPUs, _, _ := d.runClaimPod(ctx, t, "xe-gpu", rig.PodClaim{Name: "gpu", Template: "xe-gpu"})
 	requireDriver(t, xeGPUs, 1, "xe")
-	if numa := sysfsFacts(t, d.node.Sys, xeGPUs[0])["resource.kubernetes.io/numaNode"]; numa != "0" {
-		t.Errorf("the NUMA selector gave GPU %s on NUMA node %q", xeGPUs[0].PCI, numa)
+	// The node's one xe GPU again, by driver and NUMA node.
+	if err := d.api.DeletePod(ctx, "default", "xe-gpu", 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	numa0, _, _ := d.runClaimPod(ctx, t, "xe-numa0", rig.PodClaim{Name: "gpu", Template: "xe-numa0"})
+	requireDriver(t, numa0, 1, "xe")
+	if numa := sysfsFacts(t, d.node.Sys, numa0[0])["resource.kubernetes.io/numaNode"]; numa != "0" {
+		t.Errorf("the NUMA selector gave GPU %s on NUMA node %q", numa0[0].PCI, numa)
 	}
 }
 
@@ -621,7 +790,7 @@ func (d *draSuite) overAsk(ctx context.Context, t *testing.T) {
 }
 
 func (d *draSuite) unprepareReuse(ctx context.Context, t *testing.T) {
-	first, _, claims := d.runClaimPod(ctx, t, "first-xe", rig.PodClaim{Name: "gpu", Template: "xe-numa0"})
+	first, _, claims := d.runClaimPod(ctx, t, "first-xe", rig.PodClaim{Name: "gpu", Template: "xe-gpu"})
 	requireDriver(t, first, 1, "xe")
 	uid := string(claims["gpu"].UID)
 	waitCheckpoint(t, func(cs map[string]json.RawMessage) error {
@@ -640,7 +809,7 @@ func (d *draSuite) unprepareReuse(ctx context.Context, t *testing.T) {
 		return nil
 	})
 	// The node has one xe GPU: the next pod runs only if it was released.
-	second, _, _ := d.runClaimPod(ctx, t, "second-xe", rig.PodClaim{Name: "gpu", Template: "xe-numa0"})
+	second, _, _ := d.runClaimPod(ctx, t, "second-xe", rig.PodClaim{Name: "gpu", Template: "xe-gpu"})
 	requireDriver(t, second, 1, "xe")
 }
 
@@ -803,7 +972,7 @@ func (d *draSuite) waitHealth(ctx context.Context, t *testing.T, pod, resourceID
 }
 
 func (d *draSuite) unhealthy(ctx context.Context, t *testing.T) {
-	got, _, _ := d.runClaimPod(ctx, t, "sick", rig.PodClaim{Name: "gpu", Template: "xe-numa0"})
+	got, _, _ := d.runClaimPod(ctx, t, "sick", rig.PodClaim{Name: "gpu", Template: "xe-gpu"})
 	requireDriver(t, got, 1, "xe")
 	g := got[0]
 	dev, id := deviceName(g.PCI), "intel.com/gpu="+g.PCI
@@ -921,15 +1090,15 @@ func (d *draSuite) sharedDevNum(ctx context.Context, t *testing.T) {
 	}
 	xeDev := devs[deviceName("0000:03:00.0")]
 	t.Logf("device %s: allowMultipleAllocations, capacity %+v", xeDev.Name, xeDev.Capacity)
-	a, _, ca := d.runClaimPod(ctx, t, "share-a", rig.PodClaim{Name: "gpu", Template: "xe-numa0"})
-	b, _, cb := d.runClaimPod(ctx, t, "share-b", rig.PodClaim{Name: "gpu", Template: "xe-numa0"})
+	a, _, ca := d.runClaimPod(ctx, t, "share-a", rig.PodClaim{Name: "gpu", Template: "xe-gpu"})
+	b, _, cb := d.runClaimPod(ctx, t, "share-b", rig.PodClaim{Name: "gpu", Template: "xe-gpu"})
 	requireDriver(t, a, 1, "xe")
 	requireDriver(t, b, 1, "xe")
 	shareA, shareB := ca["gpu"].Status.Allocation.Devices.Results[0].ShareID, cb["gpu"].Status.Allocation.Devices.Results[0].ShareID
 	if shareA == nil || shareB == nil || *shareA == *shareB {
 		t.Errorf("the two claims on %s have share IDs %v and %v, want two distinct", a[0].PCI, ptrString(shareA), ptrString(shareB))
 	}
-	manifest, err := rig.ClusterClaimPod("share-c", rig.PodClaim{Name: "gpu", Template: "xe-numa0"})
+	manifest, err := rig.ClusterClaimPod("share-c", rig.PodClaim{Name: "gpu", Template: "xe-gpu"})
 	if err != nil {
 		t.Fatal(err)
 	}

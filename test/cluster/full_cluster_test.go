@@ -350,20 +350,29 @@ func prerequisites(t *testing.T) (string, rig.Bins) {
 	return binary, bins
 }
 
-// pluginImageArchive builds the image the way deployments/image/Containerfile.scratch
-// does: a static binary at /usr/local/bin, no base image. The binary under
-// test is used when it is static; otherwise (a cgo build) the same source is
-// built again with CGO_ENABLED=0, as the Containerfile requires.
+// pluginImageArchive builds the device plugin's image the way
+// deployments/image/Containerfile.scratch does.
 func pluginImageArchive(t *testing.T, dir, binary string) string {
 	t.Helper()
+	return scratchImage(t, dir, binary, "./cmd/intel-gpu-cdi", pluginImage, "plugin")
+}
+
+// scratchImage builds an image as deployments/image/Containerfile.scratch
+// does: a static binary at /usr/local/bin, its entrypoint, no base image.
+// The binary under test is used when it is static; otherwise (a cgo build)
+// the same source, pkg, is built again with CGO_ENABLED=0, as the
+// Containerfile requires.
+func scratchImage(t *testing.T, dir, binary, pkg, ref string, cmd ...string) string {
+	t.Helper()
+	name := filepath.Base(pkg)
 	bin := binary
 	if !isStatic(t, binary) {
-		bin = filepath.Join(dir, "images", "intel-gpu-cdi-static")
-		build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/intel-gpu-cdi")
+		bin = filepath.Join(dir, "images", name+"-static")
+		build := exec.Command("go", "build", "-trimpath", "-o", bin, pkg)
 		build.Dir = "../.."
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("building a static plugin binary for the image: %v\n%s", err, out)
+			t.Fatalf("building a static %s for the image: %v\n%s", name, err, out)
 		}
 		t.Logf("%s is dynamically linked: the image holds a CGO_ENABLED=0 build of the same source", binary)
 	}
@@ -371,14 +380,14 @@ func pluginImageArchive(t *testing.T, dir, binary string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	archive := filepath.Join(dir, "images", "intel-gpu-cdi.tar")
+	archive := filepath.Join(dir, "images", name+".tar")
 	err = rig.WriteOCIArchive(archive, rig.Image{
-		Ref:        pluginImage,
-		Entrypoint: []string{"/usr/local/bin/intel-gpu-cdi"},
-		Cmd:        []string{"plugin"},
+		Ref:        ref,
+		Entrypoint: []string{"/usr/local/bin/" + name},
+		Cmd:        cmd,
 		Files: []rig.ImageFile{
 			{Path: "usr/", Mode: 0o755}, {Path: "usr/local/", Mode: 0o755}, {Path: "usr/local/bin/", Mode: 0o755},
-			{Path: "usr/local/bin/intel-gpu-cdi", Mode: 0o755, Data: data},
+			{Path: "usr/local/bin/" + name, Mode: 0o755, Data: data},
 		},
 	})
 	if err != nil {
