@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
@@ -135,14 +136,19 @@ func TestDRA(t *testing.T) {
 		{"with --shared-dev-num 2 two claims share the xe GPU and a third waits", d.sharedDevNum},
 		{"claim -> pod running, several pods", d.timeClaims},
 		{"hotplug -> ResourceSlice updated on the API server", d.timeHotplug},
-		{"the driver's idle RSS in the cluster", d.idleRSS},
+		{"the driver's idle RSS in the cluster fits its DaemonSet's memory request", d.idleRSS},
 		{"the device plugin refuses to start while the DRA driver serves the node", d.pluginRefusesBesideDRA},
 		{"the DRA driver refuses to start while the device plugin serves the node; device-plugin pods timed beside DRA's", d.draRefusesBesidePlugin},
 	}
 	for _, step := range steps {
-		t.Run(step.name, func(t *testing.T) { step.run(ctx, t) })
+		ok := t.Run(step.name, func(t *testing.T) { step.run(ctx, t) })
 		if err := d.api.DeletePods(ctx, "default", "", 90*time.Second); err != nil {
 			t.Errorf("cleaning up after %q: %v", step.name, err)
+		}
+		// A step that failed with the driver down must not fail the next.
+		if !ok && d.driver.Exited() && d.r.Plugin() == nil {
+			t.Logf("the driver is down after %q; starting it again with defaults", step.name)
+			d.startDriver(ctx, t)
 		}
 	}
 	writeResults(t, "TestDRA", d.results)
@@ -1248,6 +1254,25 @@ func (d *draSuite) idleRSS(ctx context.Context, t *testing.T) {
 	lo, hi := idleRSS(t, d.driver)
 	d.results["idleRSSMiB"] = map[string]any{"min": lo, "max": hi, "gpus": len(d.gpus)}
 	t.Logf("DRA driver idle in the cluster (%d GPUs, health stream open): RSS %.2f-%.2f MiB", len(d.gpus), lo, hi)
+	requireWithinRequest(t, d.daemonSet, hi)
+}
+
+// requireWithinRequest checks an idle RSS (MiB) against the memory the
+// DaemonSet's container requests: what the scheduler sets aside for it.
+func requireWithinRequest(t *testing.T, ds *unstructured.Unstructured, rssMiB float64) {
+	t.Helper()
+	containers, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+	if len(containers) != 1 {
+		t.Fatalf("DaemonSet %s has %d containers, want 1", ds.GetName(), len(containers))
+	}
+	req, _, _ := unstructured.NestedString(containers[0].(map[string]any), "resources", "requests", "memory")
+	q, err := resource.ParseQuantity(req)
+	if err != nil {
+		t.Fatalf("DaemonSet %s: memory request %q: %v", ds.GetName(), req, err)
+	}
+	if mib := float64(q.Value()) / (1 << 20); rssMiB > mib {
+		t.Errorf("idle RSS %.2f MiB is above the %s the DaemonSet %s requests", rssMiB, req, ds.GetName())
+	}
 }
 
 // idleRSS samples a process's RSS once a second for 10 s, after 5 s of
@@ -1329,6 +1354,11 @@ func (d *draSuite) draRefusesBesidePlugin(ctx context.Context, t *testing.T) {
 	lo, hi := idleRSS(t, d.r.Plugin())
 	d.results["devicePluginIdleRSSMiB"] = map[string]any{"min": lo, "max": hi, "gpus": len(d.gpus)}
 	t.Logf("device plugin idle in the cluster (%d GPUs): RSS %.2f-%.2f MiB", len(d.gpus), lo, hi)
+	for _, o := range renderDaemonSet(t, d.r, d.node, baseDir) {
+		if o.GetKind() == "DaemonSet" {
+			requireWithinRequest(t, o, hi)
+		}
+	}
 	if err := waitNode(ctx, d.api, 60*time.Second, func(n *corev1.Node) error {
 		return allocatable(n, map[string]int64{i915: 3, xe: 1})
 	}); err != nil {

@@ -92,6 +92,12 @@ restore_host() {
 		done
 		awk -v d="$d" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo | sort -r |
 			while read -r p; do umount -l "$p" 2>/dev/null || true; done
+		# Never remove through a mount that is left: one is a bind of
+		# /var/lib/kubelet/plugins_registry.
+		if awk -v d="$d" '$5 == d || index($5, d "/") == 1 {f=1} END {exit !f}' /proc/self/mountinfo; then
+			log "not removing $d: still mounted below it"
+			continue
+		fi
 		rm -rf "$d"
 	done
 	for s in "${sysctls[@]}"; do
