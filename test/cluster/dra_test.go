@@ -255,7 +255,7 @@ func onHostNetwork(ds map[string]any, server string) error {
 			"INTEL_GPU_CDI_PROBE_ADDRESS": "127.0.0.1:" + strconv.Itoa(port),
 		})
 		for _, p := range asList(c["ports"]) {
-			p["containerPort"] = port
+			p["containerPort"] = int64(port) // JSON numbers of an unstructured object are int64
 		}
 		for _, probe := range []string{"livenessProbe", "readinessProbe"} {
 			if get, ok := dig(c, probe, "httpGet").(map[string]any); ok {
@@ -1261,11 +1261,11 @@ func (d *draSuite) idleRSS(ctx context.Context, t *testing.T) {
 // DaemonSet's container requests: what the scheduler sets aside for it.
 func requireWithinRequest(t *testing.T, ds *unstructured.Unstructured, rssMiB float64) {
 	t.Helper()
-	containers, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+	containers := asList(dig(ds.Object, "spec", "template", "spec", "containers"))
 	if len(containers) != 1 {
 		t.Fatalf("DaemonSet %s has %d containers, want 1", ds.GetName(), len(containers))
 	}
-	req, _, _ := unstructured.NestedString(containers[0].(map[string]any), "resources", "requests", "memory")
+	req, _ := dig(containers[0], "resources", "requests", "memory").(string)
 	q, err := resource.ParseQuantity(req)
 	if err != nil {
 		t.Fatalf("DaemonSet %s: memory request %q: %v", ds.GetName(), req, err)
