@@ -24,10 +24,10 @@ help:
 	@echo 'build      bin/intel-gpu-cdi and bin/intel-gpu-cdi-dra (the DRA driver), version from git describe'
 	@echo 'test       go vet, gofmt check, go test -race ./..., and test/deploy when present'
 	@echo 'demo       list, generate and the kubelet plugin on a fake node of three GPUs (no GPU, no root needed)'
-	@echo 'bench      every benchmark with allocations, then the ratio tables against the no-op device plugin and DRA plugin (see BENCHMARKS.md; the DRA table needs test/cluster/build.sh full)'
+	@echo 'bench      every benchmark with allocations, then the ratio tables against the no-op device plugin and DRA plugin (see BENCHMARKS.md; the DRA table needs test/cluster/build.sh)'
 	@echo 'fuzz       fuzz the sysfs parsers, the scan, spec building and encoding, the uevent parser, FUZZTIME each (default 30s)'
 	@echo 'golden     rewrite the golden specs in specs/ from the fixtures'
-	@echo 'e2e-cluster  the plugin on a real kubelet + containerd 2 (root; builds pinned components once)'
+	@echo 'e2e-cluster  the device plugin and the DRA driver on a real kubelet + containerd 2 and a one-node cluster (root; builds pinned components once)'
 	@echo 'clean      remove bin/'
 
 build:
@@ -78,10 +78,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./kubeplugin/health/uevent
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAERTotal$$' -fuzztime $(FUZZTIME) ./kubeplugin/health
 
-# The real-kubelet suite (issue 6): builds containerd, kubelet and friends once
-# into E2E_CACHE_DIR (default /var/cache/intel-gpu-cdi-e2e) and reuses them.
+# The real-kubelet suite (issues 6 and 10): builds containerd, Kubernetes and
+# friends once into E2E_CACHE_DIR (default /var/cache/intel-gpu-cdi-e2e) and
+# reuses them; the static-pod kubelet, then a one-node cluster with the device
+# plugin and the DRA driver.
 e2e-cluster: build
-	E2E_BINARY=$(CURDIR)/$(BIN) test/cluster/run.sh
+	E2E_BINARY=$(CURDIR)/$(BIN) E2E_DRA_BINARY=$(CURDIR)/$(DRA_BIN) test/cluster/run.sh
 
 golden:
 	$(GO) test ./specs -run '^TestGoldenSpecs$$' -args -update

@@ -76,11 +76,11 @@ func Binary(t testing.TB, name string) string {
 	}
 	dir := map[string]string{
 		"etcd":           "etcd-" + versions["ETCD_VERSION"],
-		"kube-apiserver": "kube-control-plane-" + versions["KUBERNETES_VERSION"],
+		"kube-apiserver": "kubernetes-" + versions["KUBERNETES_VERSION"],
 	}[name]
 	p := filepath.Join(cache, dir, name)
 	if _, err := os.Stat(p); err != nil {
-		testenv.Unavailable(t, "%s is not built (run `test/cluster/build.sh full`, or `make e2e-cluster` once, as root; E2E_CACHE_DIR=%s): %v", name, cache, err)
+		testenv.Unavailable(t, "%s is not built (run `test/cluster/build.sh`, or `make e2e-cluster` once, as root; E2E_CACHE_DIR=%s): %v", name, cache, err)
 	}
 	return p
 }

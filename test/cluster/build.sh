@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the pinned third-party binaries the cluster e2e suite runs:
-# containerd + shim, crictl, kubelet, CNI plugins and, with E2E_FULL_CLUSTER=1,
-# etcd, kube-apiserver, kube-scheduler, kube-controller-manager and kubectl.
+# containerd + ctr + shim, crictl, the CNI plugins, etcd, and the kubelet,
+# kube-apiserver, kube-scheduler and kube-controller-manager. The suite talks
+# to the API server through client-go, so no kubectl is built.
 # Each component lands in $E2E_CACHE_DIR/<name>-<version>/ and is only reused
 # once its .complete stamp exists, so an interrupted build is redone, not trusted.
 set -euo pipefail
@@ -86,22 +87,17 @@ kube_module() {
 	)
 }
 
-kube_build() {
+# All of Kubernetes in one `go build`: the four commands share most of their
+# packages, and one invocation lets the go tool compile one command's
+# packages while it links another.
+build_kubernetes() {
 	local out=$1 version=$2
-	shift 2
 	local mod="$E2E_CACHE_DIR/.kubebuild-$version"
 	[[ -f $mod/go.mod ]] || kube_module "$mod" "$version"
-	local cmd
-	for cmd in "$@"; do
-		(cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath \
-			-ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${version#v1.}" \
-			-o "$out/$(basename "$cmd")" "k8s.io/kubernetes/$cmd")
-	done
-}
-
-build_kubelet() { kube_build "$1" "$2" cmd/kubelet; }
-build_kube_control_plane() {
-	kube_build "$1" "$2" cmd/kube-apiserver cmd/kube-scheduler cmd/kube-controller-manager cmd/kubectl
+	(cd "$mod" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath \
+		-ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${version#v1.}" \
+		-o "$out/" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-apiserver \
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager)
 }
 
 # etcd's server module carries ../ replaces, so it too needs a scratch module.
@@ -121,21 +117,27 @@ build_etcd() {
 	return $rc
 }
 
+# build_all builds Kubernetes in one lane and everything else, one after
+# another, in a second: on a cold machine Kubernetes alone takes most of the
+# time, and the second lane fills the gaps its downloads and links leave on
+# the cores (see BENCHMARKS.md, "Cold CI").
+build_all() {
+	build_component kubernetes "$KUBERNETES_VERSION" build_kubernetes &
+	local kube=$!
+	local rc=0
+	build_component containerd "$CONTAINERD_VERSION" build_containerd &&
+		build_component crictl "$CRICTL_VERSION" build_crictl &&
+		build_component cni-plugins "$CNI_PLUGINS_VERSION" build_cni &&
+		build_component etcd "$ETCD_VERSION" build_etcd || rc=1
+	wait "$kube" || rc=1
+	return $rc
+}
+
 main() {
 	command -v go >/dev/null || { log "go is not on PATH"; exit 1; }
+	(($# == 0)) || { log "usage: $0 (no arguments; versions.env pins what it builds)"; exit 2; }
 	mkdir -p "$E2E_CACHE_DIR"
-	local only=${1:-all}
-	case $only in all | base | full) ;; *) log "usage: $0 [all|base|full]"; exit 2 ;; esac
-	if [[ $only != full ]]; then
-		build_component containerd "$CONTAINERD_VERSION" build_containerd
-		build_component crictl "$CRICTL_VERSION" build_crictl
-		build_component cni-plugins "$CNI_PLUGINS_VERSION" build_cni
-		build_component kubelet "$KUBERNETES_VERSION" build_kubelet
-	fi
-	if [[ $only == full || ( $only == all && ${E2E_FULL_CLUSTER:-0} == 1 ) ]]; then
-		build_component kube-control-plane "$KUBERNETES_VERSION" build_kube_control_plane
-		build_component etcd "$ETCD_VERSION" build_etcd
-	fi
+	build_all
 }
 
 main "$@"

@@ -534,10 +534,30 @@ func (s *suite) report(t *testing.T) {
 	}
 	t.Logf("pod created -> container running with a GPU: min %s, median %s, max %s over %d pods",
 		ds[0].Round(time.Millisecond), ds[len(ds)/2].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond), len(ds))
-	if out := os.Getenv("E2E_RESULTS_FILE"); out != "" {
-		raw, _ := json.MarshalIndent(summary, "", "  ")
-		if err := os.WriteFile(out, raw, 0o644); err != nil {
-			t.Errorf("writing results: %v", err)
+	writeResults(t, t.Name(), summary)
+}
+
+// writeResults adds a test's figures to $E2E_RESULTS_FILE, a JSON object
+// with one entry per test, for run.sh.
+func writeResults(t *testing.T, test string, figures any) {
+	out := os.Getenv("E2E_RESULTS_FILE")
+	if out == "" {
+		return
+	}
+	all := map[string]json.RawMessage{}
+	if raw, err := os.ReadFile(out); err == nil {
+		if err := json.Unmarshal(raw, &all); err != nil {
+			all = map[string]json.RawMessage{} // an older flat file: start again
 		}
+	}
+	raw, err := json.Marshal(figures)
+	if err != nil {
+		t.Errorf("encoding results: %v", err)
+		return
+	}
+	all[test] = raw
+	raw, _ = json.MarshalIndent(all, "", "  ")
+	if err := os.WriteFile(out, raw, 0o644); err != nil {
+		t.Errorf("writing results: %v", err)
 	}
 }

@@ -3,10 +3,8 @@
 package cluster_test
 
 import (
-	"bytes"
 	"context"
 	"debug/elf"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -16,7 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/cluster/rig"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
@@ -35,84 +35,25 @@ const (
 // kube-scheduler and the kubelet, deploys the plugin from the kustomize base
 // as a DaemonSet, and shows a scheduled pod getting a GPU.
 func TestFullCluster(t *testing.T) {
-	if os.Getenv("E2E_FULL_CLUSTER") != "1" {
-		t.Skip("set E2E_FULL_CLUSTER=1 to run the full cluster (etcd, API server, scheduler, DaemonSet)")
-	}
-	binary, bins := prerequisites(t)
-	if bins.ControlPlane == "" || bins.Etcd == "" {
-		need(t, "control plane not built: run build.sh full")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		need(t, "ip (iproute2) is needed to remove the CNI bridge")
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	r, err := rig.New(bins)
-	if r != nil {
-		t.Cleanup(func() {
-			teardown(t, r, "plugin", "kubelet", "containerd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "etcd")
-		})
-	}
-	if err != nil {
+	s := startFullCluster(ctx, t, nodeGPUs, "plugin")
+	r, api := s.r, s.r.API()
+	if err := r.ImportImage(ctx, pluginImageArchive(t, r.Dir, s.binary)); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	if err := r.EnableCNI(); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.StartContainerd(ctx); err != nil {
-		t.Fatal(err)
-	}
-	s := &suite{r: r}
-	images := append(s.images(t), pluginImageArchive(t, r.Dir, binary))
-	for _, img := range images {
-		if err := r.ImportImage(ctx, img); err != nil {
-			t.Fatal(err)
-		}
-	}
-	node, err := fakenode.New(filepath.Join(r.Dir, "node"), fakenode.WithMode(fakenode.Mknod))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range nodeGPUs {
-		if err := node.AddGPU(g); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if s.gpus, err = rig.ReadNodeGPUs(node.Sys); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.StartControlPlane(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.StartKubelet(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitNode(ctx, r, 120*time.Second, func(n nodeJSON) error {
-		if !n.ready() {
-			return errors.New("node not Ready")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("one-node cluster up and node Ready in %s", time.Since(start).Round(time.Millisecond))
+	const selector = "app.kubernetes.io/name=intel-gpu-cdi"
 
 	t.Run("the plugin deployed from the kustomize base as a DaemonSet advertises the fake node's GPUs", func(t *testing.T) {
 		deployed := time.Now()
-		manifest := renderDaemonSet(ctx, t, r, node, baseDir)
-		if out, err := r.Kubectl(ctx, "apply", "-f", manifest); err != nil {
-			t.Fatalf("%v\n%s", err, out)
+		if err := api.Apply(ctx, renderDaemonSet(t, r, s.node, baseDir)...); err != nil {
+			t.Fatal(err)
 		}
-		err := waitNode(ctx, r, 120*time.Second, func(n nodeJSON) error {
-			if n.Status.Allocatable["gpu.intel.com/i915"] != "3" || n.Status.Allocatable["gpu.intel.com/xe"] != "1" {
-				return fmt.Errorf("node allocatable %v", n.Status.Allocatable)
-			}
-			return nil
+		err := waitNode(ctx, api, 120*time.Second, func(n *corev1.Node) error {
+			return allocatable(n, map[string]int64{i915: 3, xe: 1})
 		})
 		if err != nil {
-			out, _ := r.Kubectl(ctx, "get", "pods", "-A", "-o", "wide")
-			t.Fatalf("%v\n%s", err, out)
+			t.Fatalf("%v\n%s", err, api.Logs(ctx, "kube-system", selector, 20))
 		}
 		t.Logf("DaemonSet applied -> node allocatable shows 3 i915 and 1 xe in %s", time.Since(deployed).Round(time.Millisecond))
 	})
@@ -120,17 +61,14 @@ func TestFullCluster(t *testing.T) {
 	// The probes need the plugin's --probe-address (INTEL_GPU_CDI_PROBE_ADDRESS,
 	// set by the base): a binary without it never turns Ready.
 	t.Run("the DaemonSet's pod turns Ready through /readyz and its liveness probe never restarts it", func(t *testing.T) {
-		selector := "app.kubernetes.io/name=intel-gpu-cdi"
-		if out, err := r.Kubectl(ctx, "-n", "kube-system", "wait", "--for=condition=Ready", "pod", "-l", selector, "--timeout=60s"); err != nil {
-			desc, _ := r.Kubectl(ctx, "-n", "kube-system", "describe", "pod", "-l", selector)
-			t.Fatalf("%v\n%s\n%s", err, out, desc)
-		}
-		out, err := r.Kubectl(ctx, "-n", "kube-system", "get", "pod", "-l", selector, "-o", "jsonpath={.items[*].status.containerStatuses[*].restartCount}")
+		pod, err := waitDaemonPodReady(ctx, api, selector, 60*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := strings.TrimSpace(string(out)); got != "0" {
-			t.Errorf("restart count %q, want 0", got)
+		for _, c := range pod.Status.ContainerStatuses {
+			if c.RestartCount != 0 {
+				t.Errorf("container %s restarted %d times, want 0", c.Name, c.RestartCount)
+			}
 		}
 	})
 
@@ -139,29 +77,7 @@ func TestFullCluster(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		created := time.Now()
-		if out, err := kubectlStdin(ctx, r, manifest, "create", "-f", "-"); err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-		run, err := r.WaitPodRunning(ctx, "scheduled", 120*time.Second, nil)
-		if err != nil {
-			out, _ := r.Kubectl(ctx, "describe", "pod", "scheduled")
-			t.Fatalf("%v\n%s", err, out)
-		}
-		t.Logf("pod scheduled: created -> container running in %s", run.StartedAt.Sub(created).Round(time.Millisecond))
-		out, err := r.Kubectl(ctx, "get", "pod", "scheduled", "-o", "jsonpath={.spec.nodeName} {.status.conditions[?(@.type==\"PodScheduled\")].status}")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := strings.TrimSpace(string(out)); got != rig.NodeName+" True" {
-			t.Errorf("pod nodeName and PodScheduled = %q, want %q", got, rig.NodeName+" True")
-		}
-		listing := rig.ParseListing(run.Logs)
-		t.Logf("pod scheduled sees /dev/dri: %v, by-path nodes %v", listing.Nodes, listing.ByPathDevs)
-		got, err := rig.MatchGPUs(listing, s.gpus)
-		if err != nil {
-			t.Fatal(err)
-		}
+		got, _ := s.runClusterPod(ctx, t, "scheduled", manifest)
 		requireDriver(t, got, 1, "i915")
 	})
 
@@ -173,13 +89,12 @@ func TestFullCluster(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if out, err := kubectlStdin(ctx, r, manifest, "create", "-f", "-"); err != nil {
-			t.Fatalf("%v\n%s", err, out)
+		if _, _, err := api.CreatePod(ctx, manifest); err != nil {
+			t.Fatal(err)
 		}
 		run, err := r.WaitPodRunning(ctx, "rro", 120*time.Second, nil)
 		if err != nil {
-			out, _ := r.Kubectl(ctx, "describe", "pod", "rro")
-			t.Fatalf("%v\n%s", err, out)
+			t.Fatalf("%v\n%s", err, api.Describe(ctx, "default", "rro"))
 		}
 		out := strings.Join(section(run.Logs, "write"), " ")
 		t.Logf("container: %q", out)
@@ -197,46 +112,179 @@ func TestFullCluster(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if out, err := kubectlStdin(ctx, r, manifest, "create", "-f", "-"); err != nil {
-			t.Fatalf("%v\n%s", err, out)
+		if _, _, err := api.CreatePod(ctx, manifest); err != nil {
+			t.Fatal(err)
 		}
-		err = rig.WaitFor(60*time.Second, 500*time.Millisecond, func() (bool, error) {
-			out, err := r.Kubectl(ctx, "get", "pod", "unschedulable", "-o", "jsonpath={.status.phase} {.status.conditions[?(@.type==\"PodScheduled\")].reason} {.status.conditions[?(@.type==\"PodScheduled\")].message}")
-			if err != nil {
-				return false, err
-			}
-			got := string(out)
-			return strings.HasPrefix(got, "Pending Unschedulable") && strings.Contains(got, "Insufficient gpu.intel.com/i915"), errors.New(got)
-		})
-		if err != nil {
+		if _, err := waitUnschedulable(ctx, api, "unschedulable", "Insufficient gpu.intel.com/i915"); err != nil {
 			t.Fatal(err)
 		}
 	})
 
 	t.Run("the non-root overlay on a node prepared by the shipped files serves a scheduled pod one GPU", func(t *testing.T) {
-		s.nonRootDaemonSet(ctx, t, node)
+		s.nonRootDaemonSet(ctx, t)
 	})
+}
+
+// startFullCluster brings up a one-node cluster on a fake node of gpus:
+// containerd with the pause and busybox images, etcd, the API server, the
+// controller manager, the scheduler and the kubelet as a registered node,
+// Ready through the bridge CNI. The rig is torn down when the test ends;
+// logs names the extra daemons whose logs a failure shows.
+func startFullCluster(ctx context.Context, t *testing.T, gpus []fakenode.GPU, logs ...string) *suite {
+	t.Helper()
+	binary, bins := prerequisites(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		need(t, "ip (iproute2) is needed to remove the CNI bridge")
+	}
+	r, err := rig.New(bins)
+	if r != nil {
+		t.Cleanup(func() {
+			teardown(t, r, append(logs, "kubelet", "containerd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "etcd")...)
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := r.EnableCNI(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.StartContainerd(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s := &suite{r: r, binary: binary}
+	for _, img := range s.images(t) {
+		if err := r.ImportImage(ctx, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	node, err := fakenode.New(filepath.Join(r.Dir, "node"), fakenode.WithMode(fakenode.Mknod))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range gpus {
+		if err := node.AddGPU(g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.node = node
+	if s.gpus, err = rig.ReadNodeGPUs(node.Sys); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.StartControlPlane(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.StartKubelet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitNode(ctx, r.API(), 120*time.Second, nodeSchedulable); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("one-node cluster up and node Ready in %s", time.Since(start).Round(time.Millisecond))
+	return s
+}
+
+// runClusterPod creates a pod through the API server, waits until its
+// container runs and has listed /dev/dri, and returns the GPUs it sees,
+// checked against the fake node, and how long it took from the create
+// request to the container's start.
+func (s *suite) runClusterPod(ctx context.Context, t *testing.T, name string, manifest []byte) ([]rig.NodeGPU, time.Duration) {
+	t.Helper()
+	api := s.r.API()
+	_, created, err := api.CreatePod(ctx, manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, err := s.r.WaitPodRunning(ctx, name, 120*time.Second, nil)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, api.Describe(ctx, "default", name))
+	}
+	took := run.StartedAt.Sub(created)
+	pod, err := api.Client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := rig.PodCondition(pod, corev1.PodScheduled); pod.Spec.NodeName != rig.NodeName || c == nil || c.Status != corev1.ConditionTrue {
+		t.Errorf("pod %s: nodeName %q, PodScheduled %+v; want %s, True", name, pod.Spec.NodeName, c, rig.NodeName)
+	}
+	listing := rig.ParseListing(run.Logs)
+	t.Logf("pod %s: created -> container running in %s; sees /dev/dri: %v, by-path nodes %v", name, took.Round(time.Millisecond), listing.Nodes, listing.ByPathDevs)
+	got, err := rig.MatchGPUs(listing, s.gpus)
+	if err != nil {
+		t.Fatalf("pod %s: %v\n%s", name, err, run.Logs)
+	}
+	checkByPath(t, name, listing, got)
+	return got, took
+}
+
+// waitUnschedulable waits until the pod is Pending with the scheduler's
+// verdict Unschedulable and a message that contains want, and returns that
+// message.
+func waitUnschedulable(ctx context.Context, api *rig.API, name, want string) (string, error) {
+	var msg string
+	_, err := api.WaitPod(ctx, "default", name, 60*time.Second, func(p *corev1.Pod) error {
+		c := rig.PodCondition(p, corev1.PodScheduled)
+		if c == nil {
+			return fmt.Errorf("phase %s, no PodScheduled condition yet", p.Status.Phase)
+		}
+		msg = c.Message
+		if p.Status.Phase != corev1.PodPending || c.Status != corev1.ConditionFalse || c.Reason != corev1.PodReasonUnschedulable || !strings.Contains(c.Message, want) {
+			return fmt.Errorf("phase %s, PodScheduled %s %s %q; want Pending, False Unschedulable with %q", p.Status.Phase, c.Status, c.Reason, c.Message, want)
+		}
+		return nil
+	})
+	return msg, err
+}
+
+// waitDaemonPodReady waits until the one pod the selector matches in
+// kube-system is Ready, and returns it.
+func waitDaemonPodReady(ctx context.Context, api *rig.API, selector string, timeout time.Duration) (*corev1.Pod, error) {
+	var pod *corev1.Pod
+	err := rig.WaitFor(timeout, 250*time.Millisecond, func() (bool, error) {
+		list, err := api.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return false, err
+		}
+		if len(list.Items) != 1 {
+			return false, fmt.Errorf("%d pods match %s, want 1", len(list.Items), selector)
+		}
+		pod = &list.Items[0]
+		if c := rig.PodCondition(pod, corev1.PodReady); c == nil || c.Status != corev1.ConditionTrue {
+			return false, fmt.Errorf("pod %s not Ready: %+v", pod.Name, c)
+		}
+		return true, nil
+	})
+	if err != nil && pod != nil {
+		return pod, fmt.Errorf("%w\n%s\n%s", err, api.Describe(ctx, "kube-system", pod.Name), api.Logs(ctx, "kube-system", selector, 20))
+	}
+	return pod, err
 }
 
 // nonRootDaemonSet replaces the base's DaemonSet by the non-root overlay's,
 // on a node prepared as deployments/README.md says: the plugin runs in its
 // pod as the overlay's user, registers, and a scheduled pod gets a GPU.
-func (s *suite) nonRootDaemonSet(ctx context.Context, t *testing.T, node *fakenode.Node) {
-	r := s.r
+func (s *suite) nonRootDaemonSet(ctx context.Context, t *testing.T) {
+	r, api := s.r, s.r.API()
 	for _, tool := range []string{"systemd-tmpfiles", "setfacl", "getfacl"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			need(t, "%s is not installed (apt-get install systemd acl)", tool)
 		}
 	}
 	uid, gid := overlayUser(t)
-	for _, args := range [][]string{
-		{"delete", "pod", "--all", "--wait=true"},
-		{"-n", "kube-system", "delete", "daemonset", "intel-gpu-cdi", "--wait=true"},
-		{"-n", "kube-system", "wait", "--for=delete", "pod", "-l", "app.kubernetes.io/name=intel-gpu-cdi", "--timeout=60s"},
-	} {
-		if out, err := r.Kubectl(ctx, args...); err != nil {
-			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
-		}
+	const selector = "app.kubernetes.io/name=intel-gpu-cdi"
+	if err := api.DeletePods(ctx, "default", "", 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ds := &unstructured.Unstructured{}
+	ds.SetAPIVersion("apps/v1")
+	ds.SetKind("DaemonSet")
+	ds.SetNamespace("kube-system")
+	ds.SetName("intel-gpu-cdi")
+	if err := api.Delete(ctx, 60*time.Second, ds); err != nil {
+		t.Fatal(err)
+	}
+	if err := api.DeletePods(ctx, "kube-system", selector, 60*time.Second); err != nil {
+		t.Fatal(err)
 	}
 	if err := r.Host().KeepACL(rig.DevicePluginDir); err != nil {
 		t.Fatal(err)
@@ -246,42 +294,26 @@ func (s *suite) nonRootDaemonSet(ctx context.Context, t *testing.T, node *fakeno
 	defer stop()
 
 	before, _ := r.Registrations(ctx)
-	manifest := renderDaemonSet(ctx, t, r, node, nonRootDir)
-	if out, err := r.Kubectl(ctx, "apply", "-f", manifest); err != nil {
-		t.Fatalf("%v\n%s", err, out)
+	if err := api.Apply(ctx, renderDaemonSet(t, r, s.node, nonRootDir)...); err != nil {
+		t.Fatal(err)
 	}
 	if err := r.WaitRegistered(ctx, before, []string{i915, xe}, 120*time.Second); err != nil {
-		out, _ := r.Kubectl(ctx, "-n", "kube-system", "logs", "-l", "app.kubernetes.io/name=intel-gpu-cdi", "--tail=20")
-		t.Fatalf("the non-root DaemonSet's plugin did not register: %v\n%s", err, out)
+		t.Fatalf("the non-root DaemonSet's plugin did not register: %v\n%s", err, api.Logs(ctx, "kube-system", selector, 20))
 	}
 	spec := filepath.Join(r.CDISpecDir, "intel.com-gpu.json")
 	if owner, group := owner(t, spec); owner != uid || group != gid {
 		t.Errorf("%s is owned by %d:%d, want the overlay's %d:%d", spec, owner, group, uid, gid)
 	}
-	if err := waitNode(ctx, r, 60*time.Second, func(n nodeJSON) error {
-		if n.Status.Allocatable[i915] != "3" || n.Status.Allocatable[xe] != "1" {
-			return fmt.Errorf("node allocatable %v", n.Status.Allocatable)
-		}
-		return nil
+	if err := waitNode(ctx, api, 60*time.Second, func(n *corev1.Node) error {
+		return allocatable(n, map[string]int64{i915: 3, xe: 1})
 	}); err != nil {
 		t.Fatal(err)
 	}
-	manifestPod, err := rig.ClusterGPUPod("scheduled-non-root", map[string]int{i915: 1})
+	manifest, err := rig.ClusterGPUPod("scheduled-non-root", map[string]int{i915: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := kubectlStdin(ctx, r, manifestPod, "create", "-f", "-"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	run, err := r.WaitPodRunning(ctx, "scheduled-non-root", 120*time.Second, nil)
-	if err != nil {
-		out, _ := r.Kubectl(ctx, "describe", "pod", "scheduled-non-root")
-		t.Fatalf("%v\n%s", err, out)
-	}
-	got, err := rig.MatchGPUs(rig.ParseListing(run.Logs), s.gpus)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got, _ := s.runClusterPod(ctx, t, "scheduled-non-root", manifest)
 	requireDriver(t, got, 1, "i915")
 	t.Logf("the non-root plugin (%d:%d, in its pod) registered and served %s", uid, gid, got[0].PCI)
 }
@@ -318,20 +350,29 @@ func prerequisites(t *testing.T) (string, rig.Bins) {
 	return binary, bins
 }
 
-// pluginImageArchive builds the image the way deployments/image/Containerfile.scratch
-// does: a static binary at /usr/local/bin, no base image. The binary under
-// test is used when it is static; otherwise (a cgo build) the same source is
-// built again with CGO_ENABLED=0, as the Containerfile requires.
+// pluginImageArchive builds the device plugin's image the way
+// deployments/image/Containerfile.scratch does.
 func pluginImageArchive(t *testing.T, dir, binary string) string {
 	t.Helper()
+	return scratchImage(t, dir, binary, "./cmd/intel-gpu-cdi", pluginImage, "plugin")
+}
+
+// scratchImage builds an image as deployments/image/Containerfile.scratch
+// does: a static binary at /usr/local/bin, its entrypoint, no base image.
+// The binary under test is used when it is static; otherwise (a cgo build)
+// the same source, pkg, is built again with CGO_ENABLED=0, as the
+// Containerfile requires.
+func scratchImage(t *testing.T, dir, binary, pkg, ref string, cmd ...string) string {
+	t.Helper()
+	name := filepath.Base(pkg)
 	bin := binary
 	if !isStatic(t, binary) {
-		bin = filepath.Join(dir, "images", "intel-gpu-cdi-static")
-		build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/intel-gpu-cdi")
+		bin = filepath.Join(dir, "images", name+"-static")
+		build := exec.Command("go", "build", "-trimpath", "-o", bin, pkg)
 		build.Dir = "../.."
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("building a static plugin binary for the image: %v\n%s", err, out)
+			t.Fatalf("building a static %s for the image: %v\n%s", name, err, out)
 		}
 		t.Logf("%s is dynamically linked: the image holds a CGO_ENABLED=0 build of the same source", binary)
 	}
@@ -339,14 +380,14 @@ func pluginImageArchive(t *testing.T, dir, binary string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	archive := filepath.Join(dir, "images", "intel-gpu-cdi.tar")
+	archive := filepath.Join(dir, "images", name+".tar")
 	err = rig.WriteOCIArchive(archive, rig.Image{
-		Ref:        pluginImage,
-		Entrypoint: []string{"/usr/local/bin/intel-gpu-cdi"},
-		Cmd:        []string{"plugin"},
+		Ref:        ref,
+		Entrypoint: []string{"/usr/local/bin/" + name},
+		Cmd:        cmd,
 		Files: []rig.ImageFile{
 			{Path: "usr/", Mode: 0o755}, {Path: "usr/local/", Mode: 0o755}, {Path: "usr/local/bin/", Mode: 0o755},
-			{Path: "usr/local/bin/intel-gpu-cdi", Mode: 0o755, Data: data},
+			{Path: "usr/local/bin/" + name, Mode: 0o755, Data: data},
 		},
 	})
 	if err != nil {
@@ -360,14 +401,30 @@ func pluginImageArchive(t *testing.T, dir, binary string) string {
 // one, then points the DaemonSet's host paths at the fake node and the rig's
 // CDI directory. The fake trees are mounted at their host paths, so the
 // spec's hostPaths are right on the host too.
-func renderDaemonSet(ctx context.Context, t *testing.T, r *rig.Rig, node *fakenode.Node, dir string) string {
+func renderDaemonSet(t *testing.T, r *rig.Rig, node *fakenode.Node, dir string) []*unstructured.Unstructured {
+	t.Helper()
+	objs := renderWithLocalImage(t, r, dir, baseImage, pluginImage)
+	for _, obj := range objs {
+		if obj.GetKind() == "DaemonSet" {
+			if err := pointAtFakeNode(obj.Object, node, r.CDISpecDir); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return objs
+}
+
+// renderWithLocalImage renders the kustomization in dir through an overlay
+// that only swaps image (as the kustomization names it) for the locally
+// loaded local.
+func renderWithLocalImage(t *testing.T, r *rig.Rig, dir, image, local string) []*unstructured.Unstructured {
 	t.Helper()
 	base, err := filepath.Abs(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(base, "kustomization.yaml")); err != nil {
-		need(t, "kustomize base: %v", err)
+		need(t, "kustomization: %v", err)
 	}
 	overlay := filepath.Join(r.Dir, "overlay-"+filepath.Base(dir))
 	if err := os.MkdirAll(overlay, 0o755); err != nil {
@@ -377,40 +434,16 @@ func renderDaemonSet(ctx context.Context, t *testing.T, r *rig.Rig, node *fakeno
 	if err != nil {
 		t.Fatal(err)
 	}
-	name, tag, _ := strings.Cut(pluginImage, ":")
-	kustomization := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\nimages:\n  - name: %s\n    newName: %s\n    newTag: %s\n", rel, baseImage, name, tag)
+	name, tag, _ := strings.Cut(local, ":")
+	kustomization := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\nimages:\n  - name: %s\n    newName: %s\n    newTag: %s\n", rel, image, name, tag)
 	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rendered, err := r.Kubectl(ctx, "kustomize", overlay)
+	objs, err := rig.Kustomize(overlay)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var objs []map[string]any
-	for _, doc := range strings.Split(string(rendered), "\n---\n") {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		var obj map[string]any
-		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-			t.Fatalf("parsing rendered base: %v", err)
-		}
-		if obj["kind"] == "DaemonSet" {
-			if err := pointAtFakeNode(obj, node, r.CDISpecDir); err != nil {
-				t.Fatal(err)
-			}
-		}
-		objs = append(objs, obj)
-	}
-	raw, err := json.MarshalIndent(map[string]any{"apiVersion": "v1", "kind": "List", "items": objs}, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(r.Dir, "deploy-"+filepath.Base(dir)+".json")
-	if err := os.WriteFile(path, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return objs
 }
 
 // pointAtFakeNode rewrites the DaemonSet's node paths: /dev/dri comes from
@@ -499,49 +532,46 @@ func asList(v any) []map[string]any {
 	return out
 }
 
-func kubectlStdin(ctx context.Context, r *rig.Rig, stdin []byte, args ...string) ([]byte, error) {
-	path := filepath.Join(r.Dir, fmt.Sprintf("stdin-%d.json", time.Now().UnixNano()))
-	if err := os.WriteFile(path, stdin, 0o644); err != nil {
-		return nil, err
-	}
-	for i, a := range args {
-		if a == "-" {
-			args[i] = path
-		}
-	}
-	return r.Kubectl(ctx, args...)
-}
-
-type nodeJSON struct {
-	Status struct {
-		Allocatable map[string]string `json:"allocatable"`
-		Conditions  []struct {
-			Type   string `json:"type"`
-			Status string `json:"status"`
-		} `json:"conditions"`
-	} `json:"status"`
-}
-
-func (n nodeJSON) ready() bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == "Ready" {
-			return c.Status == "True"
-		}
-	}
-	return false
-}
-
-func waitNode(ctx context.Context, r *rig.Rig, timeout time.Duration, check func(nodeJSON) error) error {
+// waitNode waits until the node passes check.
+func waitNode(ctx context.Context, api *rig.API, timeout time.Duration, check func(*corev1.Node) error) error {
 	return rig.WaitFor(timeout, 500*time.Millisecond, func() (bool, error) {
-		out, err := r.Kubectl(ctx, "get", "node", rig.NodeName, "-o", "json")
+		n, err := api.Client.CoreV1().Nodes().Get(ctx, rig.NodeName, metav1.GetOptions{})
 		if err != nil {
-			return false, err
-		}
-		var n nodeJSON
-		if err := json.NewDecoder(bytes.NewReader(out)).Decode(&n); err != nil {
 			return false, err
 		}
 		err = check(n)
 		return err == nil, err
 	})
+}
+
+// nodeSchedulable checks that the node is Ready and carries no taint that
+// keeps the suite's pods off it (the node lifecycle controller's not-ready
+// taint lags behind the condition).
+func nodeSchedulable(n *corev1.Node) error {
+	ready := false
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+			ready = true
+		}
+	}
+	if !ready {
+		return errors.New("node not Ready")
+	}
+	for _, taint := range n.Spec.Taints {
+		if taint.Effect == corev1.TaintEffectNoSchedule || taint.Effect == corev1.TaintEffectNoExecute {
+			return fmt.Errorf("node tainted %s", taint.ToString())
+		}
+	}
+	return nil
+}
+
+// allocatable checks the node's allocatable count of each resource.
+func allocatable(n *corev1.Node, want map[string]int64) error {
+	for res, count := range want {
+		q, ok := n.Status.Allocatable[corev1.ResourceName(res)]
+		if !ok || q.Value() != count {
+			return fmt.Errorf("node allocatable %s = %v, want %d (all: %v)", res, q.String(), count, n.Status.Allocatable)
+		}
+	}
+	return nil
 }

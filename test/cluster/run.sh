@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Entry point of the cluster e2e suite (`make e2e-cluster`): a real kubelet and
-# containerd 2 with CDI, driving `intel-gpu-cdi plugin` on a fake node.
+# containerd 2 with CDI, then a one-node cluster (etcd, API server, scheduler,
+# controller manager), driving `intel-gpu-cdi plugin` and `intel-gpu-cdi-dra`
+# on a fake node.
 #
-#   E2E_BINARY=/abs/path/to/intel-gpu-cdi test/cluster/run.sh
+#   E2E_BINARY=/abs/path/to/intel-gpu-cdi E2E_DRA_BINARY=/abs/path/to/intel-gpu-cdi-dra test/cluster/run.sh
 #
 # Environment:
 #   E2E_BINARY        the intel-gpu-cdi binary under test (required)
+#   E2E_DRA_BINARY    the intel-gpu-cdi-dra binary under test (required)
 #   E2E_CACHE_DIR     where pinned components are built once and reused
 #                     (default /var/cache/intel-gpu-cdi-e2e)
 #   E2E_ARTIFACTS_DIR if set, daemon logs are copied there
 #   E2E_RESULTS_FILE  if set, timings (JSON) are written there
-#   E2E_FULL_CLUSTER  1 (default) also builds etcd and the control plane and
-#                     runs TestFullCluster (the plugin as a DaemonSet from the
-#                     kustomize base, a pod placed by the scheduler); 0 skips it
 #   E2E_TEST_RUN      passed to go test -run (default: the whole suite)
 #   CI                when set, anything missing fails instead of skipping
 #
@@ -24,7 +24,6 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export E2E_CACHE_DIR=${E2E_CACHE_DIR:-/var/cache/intel-gpu-cdi-e2e}
-export E2E_FULL_CLUSTER=${E2E_FULL_CLUSTER:-1}
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 secs() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
@@ -34,6 +33,7 @@ die() { log "$*"; exit 1; }
 [[ $(id -u) == 0 ]] || die "must run as root (mknod, mounts, cgroups, kubelet)"
 command -v go >/dev/null || die "go is not on PATH"
 [[ -n ${E2E_BINARY:-} ]] || die "set E2E_BINARY to the intel-gpu-cdi binary (make build: bin/intel-gpu-cdi)"
+[[ -n ${E2E_DRA_BINARY:-} ]] || die "set E2E_DRA_BINARY to the intel-gpu-cdi-dra binary (make build: bin/intel-gpu-cdi-dra)"
 
 missing=()
 command -v runc >/dev/null || missing+=(runc)
@@ -58,7 +58,7 @@ work=$(mktemp -d /tmp/igc-e2e-run.XXXXXX)
 sysctls=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 declare -A sysctl_before
 for s in "${sysctls[@]}"; do sysctl_before[$s]=$(sysctl -n "$s" 2>/dev/null || true); done
-host_paths=(/var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /var/run/netns /run/containerd /opt/containerd /etc/kubernetes)
+host_paths=(/var/lib/kubelet /var/lib/kubelet/plugins_registry /var/lib/kubelet/plugins /var/log/containers /var/log/pods /var/lib/cni /var/run/netns /run/containerd /opt/containerd /etc/kubernetes)
 declare -A path_before
 for p in "${host_paths[@]}"; do [[ -e $p ]] && path_before[$p]=1; done
 declare -A cg_before
@@ -92,6 +92,12 @@ restore_host() {
 		done
 		awk -v d="$d" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo | sort -r |
 			while read -r p; do umount -l "$p" 2>/dev/null || true; done
+		# Never remove through a mount that is left: one is a bind of
+		# /var/lib/kubelet/plugins_registry.
+		if awk -v d="$d" '$5 == d || index($5, d "/") == 1 {f=1} END {exit !f}' /proc/self/mountinfo; then
+			log "not removing $d: still mounted below it"
+			continue
+		fi
 		rm -rf "$d"
 	done
 	for s in "${sysctls[@]}"; do
@@ -148,21 +154,23 @@ restore_host() {
 trap restore_host EXIT
 trap 'exit 130' INT TERM
 
-# ---- the binary under test --------------------------------------------------
+# ---- the binaries under test ------------------------------------------------
+abs() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
 [[ -x $E2E_BINARY ]] || die "E2E_BINARY=$E2E_BINARY is not an executable"
-E2E_BINARY=$(cd "$(dirname "$E2E_BINARY")" && pwd)/$(basename "$E2E_BINARY")
-export E2E_BINARY
+[[ -x $E2E_DRA_BINARY ]] || die "E2E_DRA_BINARY=$E2E_DRA_BINARY is not an executable"
+E2E_BINARY=$(abs "$E2E_BINARY")
+E2E_DRA_BINARY=$(abs "$E2E_DRA_BINARY")
+export E2E_BINARY E2E_DRA_BINARY
 
 # ---- build or reuse the pinned components ------------------------------------
 build_start=$(now_ms)
-"$here/build.sh" all
+"$here/build.sh"
 build_s=$(secs $(($(now_ms) - build_start)))
 log "components ready in ${build_s}s (cache $E2E_CACHE_DIR)"
 
 # ---- run -------------------------------------------------------------------
 results=${E2E_RESULTS_FILE:-$work/results.json}
-tests='TestCIMeansWhatItMeansInTheProduct|TestKubeletWithCDI|TestNonRootPlugin|TestHostMounts'
-[[ $E2E_FULL_CLUSTER == 1 ]] && tests="$tests|TestFullCluster"
+tests='TestCIMeansWhatItMeansInTheProduct|TestKubeletWithCDI|TestNonRootPlugin|TestHostMounts|TestFullCluster|TestDRA'
 run_start=$(now_ms)
 set +e
 (cd "$here" && E2E_RESULTS_FILE=$results go test -tags e2e -count=1 -v -timeout 25m \

@@ -13,11 +13,10 @@ import (
 // cache.
 type Bins struct {
 	Containerd, Ctr, Shim, Crictl, Kubelet string
-	// CNIDir holds the CNI plugins (loopback is the one the rig uses).
+	// CNIDir holds the CNI plugins.
 	CNIDir string
-	// ControlPlane is the directory of kube-apiserver, kube-scheduler,
-	// kube-controller-manager and kubectl; Etcd the etcd binary. Empty when
-	// not built.
+	// ControlPlane is the directory of kube-apiserver, kube-scheduler and
+	// kube-controller-manager; Etcd the etcd binary.
 	ControlPlane, Etcd string
 }
 
@@ -46,26 +45,21 @@ func ReadVersions(path string) (map[string]string, error) {
 
 // FindBins locates every component in cacheDir as build.sh lays it out
 // (<name>-<version>/ with a .complete stamp). Missing pieces are an error
-// naming all of them, except the control plane, which only the full-cluster
-// run needs.
+// naming all of them.
 func FindBins(cacheDir string, versions map[string]string) (Bins, error) {
 	var missing []string
-	dir := func(name, versionKey string, required bool) string {
+	dir := func(name, versionKey string) string {
 		d := filepath.Join(cacheDir, name+"-"+versions[versionKey])
 		if _, err := os.Stat(filepath.Join(d, ".complete")); err != nil {
-			if required {
-				missing = append(missing, d)
-			}
-			return ""
+			missing = append(missing, d)
 		}
 		return d
 	}
-	ctrd := dir("containerd", "CONTAINERD_VERSION", true)
-	crictl := dir("crictl", "CRICTL_VERSION", true)
-	kubelet := dir("kubelet", "KUBERNETES_VERSION", true)
-	cni := dir("cni-plugins", "CNI_PLUGINS_VERSION", true)
-	cp := dir("kube-control-plane", "KUBERNETES_VERSION", false)
-	etcd := dir("etcd", "ETCD_VERSION", false)
+	ctrd := dir("containerd", "CONTAINERD_VERSION")
+	crictl := dir("crictl", "CRICTL_VERSION")
+	kube := dir("kubernetes", "KUBERNETES_VERSION")
+	cni := dir("cni-plugins", "CNI_PLUGINS_VERSION")
+	etcd := dir("etcd", "ETCD_VERSION")
 	if len(missing) > 0 {
 		return Bins{}, fmt.Errorf("not built (run build.sh): %s", strings.Join(missing, ", "))
 	}
@@ -74,15 +68,16 @@ func FindBins(cacheDir string, versions map[string]string) (Bins, error) {
 		Ctr:          filepath.Join(ctrd, "ctr"),
 		Shim:         filepath.Join(ctrd, "containerd-shim-runc-v2"),
 		Crictl:       filepath.Join(crictl, "crictl"),
-		Kubelet:      filepath.Join(kubelet, "kubelet"),
+		Kubelet:      filepath.Join(kube, "kubelet"),
 		CNIDir:       cni,
-		ControlPlane: cp,
-	}
-	if etcd != "" {
-		b.Etcd = filepath.Join(etcd, "etcd")
+		ControlPlane: kube,
+		Etcd:         filepath.Join(etcd, "etcd"),
 	}
 	var errs []error
-	for _, p := range []string{b.Containerd, b.Ctr, b.Shim, b.Crictl, b.Kubelet, filepath.Join(cni, "loopback")} {
+	for _, p := range []string{
+		b.Containerd, b.Ctr, b.Shim, b.Crictl, b.Kubelet, b.Etcd, filepath.Join(cni, "loopback"),
+		filepath.Join(kube, "kube-apiserver"), filepath.Join(kube, "kube-scheduler"), filepath.Join(kube, "kube-controller-manager"),
+	} {
 		if _, err := os.Stat(p); err != nil {
 			errs = append(errs, err)
 		}

@@ -30,6 +30,7 @@ type controlPlane struct {
 	server                                        string
 	adminKubeconfig                               string
 	pki                                           *PKI
+	api                                           *API
 }
 
 // EnableCNI gives pods a network through a bridge, so that the node turns
@@ -66,7 +67,7 @@ func (r *Rig) EnableCNI() error {
 // them as node NodeName.
 func (r *Rig) StartControlPlane(ctx context.Context) error {
 	if r.Bins.ControlPlane == "" || r.Bins.Etcd == "" {
-		return errors.New("control plane not built (run build.sh full)")
+		return errors.New("control plane not built (run build.sh)")
 	}
 	cp := &controlPlane{}
 	r.cp = cp
@@ -95,7 +96,7 @@ func (r *Rig) StartControlPlane(ctx context.Context) error {
 	}
 	ports := make([]int, 6)
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = FreePort(); err != nil {
 			return err
 		}
 	}
@@ -150,6 +151,9 @@ func (r *Rig) StartControlPlane(ctx context.Context) error {
 	if err := waitHTTP(ctx, cp.apiserver, cp.server+"/readyz", client, 120*time.Second); err != nil {
 		return err
 	}
+	if cp.api, err = newAPI(cp.server, pki.CACert, adminCert, adminKey); err != nil {
+		return err
+	}
 
 	cp.controllerManager, err = Start("kube-controller-manager", r.LogDir, nil, bin("kube-controller-manager"),
 		"--kubeconfig", cp.adminKubeconfig, "--leader-elect=false",
@@ -201,14 +205,6 @@ func waitHTTP(ctx context.Context, proc *Proc, url string, client *http.Client, 
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, fmt.Errorf("%s: %s", url, resp.Status)
 	})
-}
-
-// Kubectl runs kubectl as cluster admin.
-func (r *Rig) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
-	if r.cp == nil {
-		return nil, errors.New("no control plane")
-	}
-	return run(ctx, nil, filepath.Join(r.Bins.ControlPlane, "kubectl"), append([]string{"--kubeconfig", r.cp.adminKubeconfig}, args...)...)
 }
 
 // stopControlPlane stops the control plane, clients first.

@@ -32,6 +32,8 @@ var KubeletSysctls = []string{
 var HostPaths = []string{
 	"/var/lib/kubelet",
 	"/var/lib/kubelet/device-plugins",
+	"/var/lib/kubelet/plugins_registry",
+	"/var/lib/kubelet/plugins",
 	"/var/log/containers",
 	"/var/log/pods",
 	"/var/lib/cni",
@@ -282,8 +284,8 @@ func unescapeMount(s string) string {
 	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
 }
 
-// UnmountUnder detaches every mount at or below dir, deepest first.
-func UnmountUnder(dir string) error {
+// MountsUnder lists the mount points at or below dir.
+func MountsUnder(dir string) []string {
 	dir = filepath.Clean(dir)
 	var points []string
 	for _, m := range mounts() {
@@ -291,16 +293,29 @@ func UnmountUnder(dir string) error {
 			points = append(points, m.point)
 		}
 	}
-	sort.Slice(points, func(i, j int) bool {
-		if len(points[i]) != len(points[j]) {
-			return len(points[i]) > len(points[j])
-		}
-		return points[i] < points[j]
-	})
+	return points
+}
+
+// UnmountUnder detaches every mount at or below dir, deepest first, and
+// again while some are left: mounts stacked on one point go one a pass.
+func UnmountUnder(dir string) error {
 	var errs []error
-	for _, p := range slices.Compact(points) {
-		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmounting %s: %w", p, err))
+	for pass := 0; pass < 5; pass++ {
+		points := MountsUnder(dir)
+		if len(points) == 0 {
+			return nil
+		}
+		sort.Slice(points, func(i, j int) bool {
+			if len(points[i]) != len(points[j]) {
+				return len(points[i]) > len(points[j])
+			}
+			return points[i] < points[j]
+		})
+		errs = errs[:0]
+		for _, p := range slices.Compact(points) {
+			if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+				errs = append(errs, fmt.Errorf("unmounting %s: %w", p, err))
+			}
 		}
 	}
 	return errors.Join(errs...)

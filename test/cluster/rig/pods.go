@@ -414,3 +414,33 @@ func scriptPod(name, script string, hostNetwork bool, volumes []HostVolume) ([]b
 	ctr["volumeMounts"] = mounts
 	return json.MarshalIndent(pod, "", "  ")
 }
+
+// PodClaim is one of a pod's spec.resourceClaims: a claim of the pod's own
+// made from Template, or the existing ResourceClaim Claim. The container
+// gets the devices of every one.
+type PodClaim struct{ Name, Template, Claim string }
+
+// ClusterClaimPod is ClusterGPUPod for Dynamic Resource Allocation: the
+// container asks for the devices of claims instead of extended resources.
+func ClusterClaimPod(name string, claims ...PodClaim) ([]byte, error) {
+	pod := gpuPod(name, nil, false)
+	spec := pod["spec"].(map[string]any)
+	ctr := spec["containers"].([]map[string]any)[0]
+	var podClaims, ctrClaims []map[string]any
+	for _, c := range claims {
+		pc := map[string]any{"name": c.Name}
+		switch {
+		case c.Template != "":
+			pc["resourceClaimTemplateName"] = c.Template
+		case c.Claim != "":
+			pc["resourceClaimName"] = c.Claim
+		default:
+			return nil, fmt.Errorf("pod %s: claim %s names neither a template nor a claim", name, c.Name)
+		}
+		podClaims = append(podClaims, pc)
+		ctrClaims = append(ctrClaims, map[string]any{"name": c.Name})
+	}
+	spec["resourceClaims"] = podClaims
+	ctr["resources"] = map[string]any{"claims": ctrClaims}
+	return json.MarshalIndent(pod, "", "  ")
+}

@@ -89,6 +89,32 @@ func (p *Proc) Stop(grace time.Duration) error {
 	}
 }
 
+// Wait waits up to timeout for the process to end by itself and returns
+// how it ended.
+func (p *Proc) Wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		return fmt.Errorf("%s (pid %d) still runs after %s", p.Name, p.PID(), timeout)
+	}
+}
+
+// RSS is the process's resident set size, from /proc.
+func (p *Proc) RSS() (int64, error) {
+	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p.PID()), "status"))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("%s (pid %d): no VmRSS in /proc status", p.Name, p.PID())
+}
+
 // Kill sends SIGKILL and waits: a crash, not a shutdown.
 func (p *Proc) Kill() error { return p.Stop(0) }
 

@@ -26,6 +26,13 @@ const (
 	// DevicePluginDir is where every kubelet listens for device plugins,
 	// whatever its --root-dir.
 	DevicePluginDir = "/var/lib/kubelet/device-plugins"
+	// PluginsRegistryDir is where a kubelet of the default --root-dir
+	// watches for plugin registration sockets (DRA drivers); the rig's
+	// kubelet watches it too (see New).
+	PluginsRegistryDir = "/var/lib/kubelet/plugins_registry"
+	// PluginsDir is where a DRA driver keeps its socket and checkpoint by
+	// default.
+	PluginsDir = "/var/lib/kubelet/plugins"
 	// NodeName is the kubelet's --hostname-override: static pod names end in it.
 	NodeName = "igc-e2e-node"
 	// PauseImage is the sandbox image containerd is pinned to; built locally.
@@ -50,10 +57,12 @@ type Rig struct {
 	containerd *Proc
 	kubelet    *Proc
 	plugin     *Proc
+	dra        *Proc
 	kubeletCfg string
-	// pluginDirBefore lists DevicePluginDir's entries before the run, when it
-	// existed; anything else in it at the end is the rig's.
-	pluginDirBefore map[string]bool
+	// entriesBefore lists, for each fixed kubelet directory that existed
+	// before the run, its entries then; anything else in it at the end is
+	// the rig's.
+	entriesBefore map[string]map[string]bool
 	// Full-cluster mode: the control plane, the kubelet's kubeconfig and the
 	// CNI bridge to delete.
 	cp                *controlPlane
@@ -89,18 +98,52 @@ func New(bins Bins) (*Rig, error) {
 		KubeletRoot:    filepath.Join(dir, "kubelet"),
 		host:           host,
 	}
-	if entries, err := os.ReadDir(DevicePluginDir); err == nil {
-		r.pluginDirBefore = map[string]bool{}
-		for _, e := range entries {
-			r.pluginDirBefore[e.Name()] = true
+	r.entriesBefore = map[string]map[string]bool{}
+	for _, d := range []string{DevicePluginDir, PluginsRegistryDir, PluginsDir} {
+		if entries, err := os.ReadDir(d); err == nil {
+			r.entriesBefore[d] = map[string]bool{}
+			for _, e := range entries {
+				r.entriesBefore[d][e.Name()] = true
+			}
 		}
 	}
-	for _, d := range []string{r.LogDir, r.CDISpecDir, r.ManifestDir, r.KubeletRoot, filepath.Join(dir, "cni", "net.d")} {
+	for _, d := range []string{r.LogDir, r.CDISpecDir, r.ManifestDir, r.KubeletRoot, filepath.Join(dir, "cni", "net.d"), PluginsRegistryDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return r, err
 		}
 	}
+	// The kubelet watches <root-dir>/plugins_registry, and its device-plugin
+	// directory is fixed at /var/lib/kubelet/device-plugins. On a real node
+	// both are in /var/lib/kubelet, and each plugin binary finds the other
+	// one's socket there (the DRA driver in plugins_registry, the device
+	// plugin in device-plugins) to refuse to serve the same GPUs. A bind
+	// mount keeps that layout with the rig's own root directory. A symlink
+	// would not do: a restarted kubelet walks the directory for the sockets
+	// already there, and a walk does not follow a symlink. The kubelet
+	// makes its root directory a shared mount at start, by binding it onto
+	// itself unless it is one already, which would hide a bind below it: the
+	// rig makes it one first.
+	if err := bindMount(r.KubeletRoot, r.KubeletRoot); err != nil {
+		return r, err
+	}
+	if err := syscall.Mount("", r.KubeletRoot, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
+		return r, fmt.Errorf("making %s a shared mount: %w", r.KubeletRoot, err)
+	}
+	registry := filepath.Join(r.KubeletRoot, "plugins_registry")
+	if err := os.Mkdir(registry, 0o750); err != nil {
+		return r, err
+	}
+	if err := bindMount(PluginsRegistryDir, registry); err != nil {
+		return r, err
+	}
 	return r, nil
+}
+
+func bindMount(from, to string) error {
+	if err := syscall.Mount(from, to, "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mounting %s at %s: %w", from, to, err)
+	}
+	return nil
 }
 
 // checkNoOtherKubelet refuses to run next to a live kubelet: both would own
@@ -231,7 +274,8 @@ func run(ctx context.Context, env []string, bin string, args ...string) ([]byte,
 	return out, nil
 }
 
-func freePort() (int, error) {
+// FreePort returns a TCP port on loopback that nothing listens on now.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -243,7 +287,7 @@ func freePort() (int, error) {
 func (r *Rig) writeKubeletConfig() error {
 	ports := make([]int, 3)
 	for i := range ports {
-		p, err := freePort()
+		p, err := FreePort()
 		if err != nil {
 			return err
 		}
@@ -354,6 +398,22 @@ func (r *Rig) StartPluginAs(cred *syscall.Credential, bin string, args ...string
 	return nil
 }
 
+// StartDRA starts the DRA driver binary (`<bin> <args>`) with the rig's
+// CDI spec directory; everything else is the caller's (the kubelet
+// directories default to their places in /var/lib/kubelet, which the rig's
+// kubelet uses, see New). Its output goes to dra.log.
+func (r *Rig) StartDRA(bin string, args ...string) (*Proc, error) {
+	if r.dra != nil && !r.dra.Exited() {
+		return nil, errors.New("a DRA driver is already running")
+	}
+	p, err := Start("dra", r.LogDir, nil, bin, append([]string{"--cdi-spec-dir", r.CDISpecDir}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	r.dra = p
+	return p, nil
+}
+
 // Plugin is the running plugin process, if any.
 func (r *Rig) Plugin() *Proc { return r.plugin }
 
@@ -389,6 +449,7 @@ func (r *Rig) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	add(r.plugin.Stop(10 * time.Second))
+	add(r.dra.Stop(10 * time.Second))
 	add(r.kubelet.Stop(30 * time.Second))
 	if r.containerd != nil && !r.containerd.Exited() {
 		// Without the kubelet nothing restarts them: remove every sandbox so
@@ -406,18 +467,24 @@ func (r *Rig) Close() error {
 	if r.host != nil {
 		add(r.host.Restore())
 	}
-	if r.pluginDirBefore != nil {
-		entries, _ := os.ReadDir(DevicePluginDir)
+	for d, before := range r.entriesBefore {
+		entries, _ := os.ReadDir(d)
 		for _, e := range entries {
-			if !r.pluginDirBefore[e.Name()] {
-				add(os.RemoveAll(filepath.Join(DevicePluginDir, e.Name())))
+			if !before[e.Name()] {
+				add(os.RemoveAll(filepath.Join(d, e.Name())))
 			}
 		}
 	}
 	if keep := os.Getenv("E2E_ARTIFACTS_DIR"); keep != "" {
 		add(copyDir(r.LogDir, keep))
 	}
-	add(os.RemoveAll(r.Dir))
+	// A mount left below the rig's directory could be a host directory
+	// (the bind of plugins_registry): never remove through it.
+	if left := MountsUnder(r.Dir); len(left) > 0 {
+		add(fmt.Errorf("not removing %s: still mounted below it: %v", r.Dir, left))
+	} else {
+		add(os.RemoveAll(r.Dir))
+	}
 	return errors.Join(errs...)
 }
 
