@@ -286,6 +286,15 @@ func (s *suite) nonRootDaemonSet(ctx context.Context, t *testing.T) {
 	if err := api.DeletePods(ctx, "kube-system", selector, 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// Until the node shows the root plugin's devices gone, its allocatable
+	// is stale: a count seen after the new plugin registers could be the
+	// old one's, and a pod scheduled on it is refused by the kubelet, whose
+	// devices are still those the stopped plugin left unhealthy.
+	if err := waitNode(ctx, api, 60*time.Second, func(n *corev1.Node) error {
+		return allocatable(n, map[string]int64{i915: 0, xe: 0})
+	}); err != nil {
+		t.Fatalf("the root plugin stopped, but its devices stay allocatable: %v", err)
+	}
 	if err := r.Host().KeepACL(rig.DevicePluginDir); err != nil {
 		t.Fatal(err)
 	}
@@ -300,10 +309,6 @@ func (s *suite) nonRootDaemonSet(ctx context.Context, t *testing.T) {
 	if err := r.WaitRegistered(ctx, before, []string{i915, xe}, 120*time.Second); err != nil {
 		t.Fatalf("the non-root DaemonSet's plugin did not register: %v\n%s", err, api.Logs(ctx, "kube-system", selector, 20))
 	}
-	spec := filepath.Join(r.CDISpecDir, "intel.com-gpu.json")
-	if owner, group := owner(t, spec); owner != uid || group != gid {
-		t.Errorf("%s is owned by %d:%d, want the overlay's %d:%d", spec, owner, group, uid, gid)
-	}
 	if err := waitNode(ctx, api, 60*time.Second, func(n *corev1.Node) error {
 		return allocatable(n, map[string]int64{i915: 3, xe: 1})
 	}); err != nil {
@@ -316,6 +321,30 @@ func (s *suite) nonRootDaemonSet(ctx context.Context, t *testing.T) {
 	got, _ := s.runClusterPod(ctx, t, "scheduled-non-root", manifest)
 	requireDriver(t, got, 1, "i915")
 	t.Logf("the non-root plugin (%d:%d, in its pod) registered and served %s", uid, gid, got[0].PCI)
+
+	// The root plugin's spec is byte-identical to what the non-root one
+	// would write, so the non-root one keeps it as it is: its own write
+	// shows when the node changes. A GPU comes: the spec must be rewritten
+	// by the overlay's user, through the node preparation's ACL.
+	spec := filepath.Join(r.CDISpecDir, "intel.com-gpu.json")
+	if err := s.node.AddGPU(hotplugGPU); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitNode(ctx, api, 60*time.Second, func(n *corev1.Node) error {
+		return allocatable(n, map[string]int64{i915: 4, xe: 1})
+	}); err != nil {
+		t.Fatalf("after adding GPU %s: %v\n%s", hotplugGPU.PCI, err, api.Logs(ctx, "kube-system", selector, 20))
+	}
+	data, err := os.ReadFile(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), hotplugGPU.PCI) {
+		t.Errorf("%s does not list the added GPU %s", spec, hotplugGPU.PCI)
+	}
+	if owner, group := owner(t, spec); owner != uid || group != gid {
+		t.Errorf("%s is owned by %d:%d after the non-root plugin rewrote it, want the overlay's %d:%d", spec, owner, group, uid, gid)
+	}
 }
 
 // prerequisites returns the binary under test and the built components, or
