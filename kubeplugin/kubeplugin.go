@@ -7,6 +7,10 @@
 //   - dra: the Dynamic Resource Allocation kubelet plugin, a subscriber.
 //   - conflict: each plugin refuses to start where the other one serves.
 //   - metrics, nfd, probe: observers and endpoints the command wires in.
+//   - health: GPU health from kernel uevents and sysfs, fed to node.
+//   - dirwatch, httpserver, latest, retry: small helpers both plugins
+//     use (one directory watcher, the probe and metrics responder, the
+//     newest inventory with a wake-up, one backoff).
 //
 // This package holds what they share: the error a configuration check
 // returns.

@@ -21,7 +21,7 @@ func serviceWith(t *testing.T, strategies Strategies, gpus ...*node.GPU) *servic
 	require.NoError(t, cfg.Validate())
 	cfg = cfg.withDefaults()
 	h := newHub()
-	h.publish(newInventory(&node.Snapshot{GPUs: gpus, AllCDIName: "intel.com/gpu=all"}, &cfg))
+	h.Publish(newInventory(&node.Snapshot{GPUs: gpus, AllCDIName: "intel.com/gpu=all"}, &cfg))
 	return &service{resource: ResourceI915, cfg: &cfg, hub: h}
 }
 

@@ -61,7 +61,7 @@ func New(cfg Config) (*Plugin, error) {
 // snapshot's GPUs is on disk.
 func (p *Plugin) Update(ctx context.Context, s *node.Snapshot) error {
 	inv := newInventory(s, &p.cfg)
-	p.hub.publish(inv)
+	p.hub.Publish(inv)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {

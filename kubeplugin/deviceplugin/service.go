@@ -2,44 +2,19 @@ package deviceplugin
 
 import (
 	"context"
-	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/latest"
 )
 
 // hub holds the current inventory and wakes ListAndWatch streams when a
 // new one is published.
-type hub struct {
-	mu      sync.Mutex
-	inv     *inventory
-	changed chan struct{}
-}
+type hub = latest.Value[*inventory]
 
-func newHub() *hub {
-	return &hub{inv: emptyInventory(), changed: make(chan struct{})}
-}
-
-// load returns the current inventory and a channel closed when it is replaced.
-func (h *hub) load() (*inventory, <-chan struct{}) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.inv, h.changed
-}
-
-func (h *hub) current() *inventory {
-	s, _ := h.load()
-	return s
-}
-
-func (h *hub) publish(inv *inventory) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.inv = inv
-	close(h.changed)
-	h.changed = make(chan struct{})
-}
+func newHub() *hub { return latest.New(emptyInventory()) }
 
 // service answers the kubelet for one resource. It owns no lifecycle: the
 // server that serves it does.
@@ -63,7 +38,7 @@ func (s *service) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin
 	var last []*pluginapi.Device
 	first := true
 	for {
-		inv, changed := s.hub.load()
+		inv, changed := s.hub.Load()
 		list := inv.lists[s.resource]
 		if first || !sameList(last, list) {
 			if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: list}); err != nil {
@@ -85,7 +60,7 @@ func (s *service) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin
 // container or fails whole: a partial answer would start a container
 // without its GPU.
 func (s *service) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
-	inv := s.hub.current()
+	inv := s.hub.Current()
 	resp := &pluginapi.AllocateResponse{ContainerResponses: make([]*pluginapi.ContainerAllocateResponse, 0, len(req.ContainerRequests))}
 	for _, cr := range req.ContainerRequests {
 		r, err := inv.allocateContainer(s.cfg, s.resource, cr.DevicesIds)
@@ -100,7 +75,7 @@ func (s *service) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*
 }
 
 func (s *service) GetPreferredAllocation(_ context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
-	inv := s.hub.current()
+	inv := s.hub.Current()
 	resp := &pluginapi.PreferredAllocationResponse{}
 	for _, cr := range req.ContainerRequests {
 		ids, err := inv.preferred(s.cfg.Policy, cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, int(cr.AllocationSize))

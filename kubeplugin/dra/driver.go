@@ -20,6 +20,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cdi/atomicfile"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/latest"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
 )
 
@@ -31,7 +32,7 @@ type Driver struct {
 	log  *slog.Logger
 	ckpt checkpoint
 
-	hub hub
+	hub *hub
 	// first is closed by the first Update: the plugin registers only once
 	// the node's spec is on disk, so that it never answers a Prepare
 	// without the spec its CDI names point into.
@@ -83,7 +84,7 @@ func New(cfg Config) (*Driver, error) {
 		prepared:  claims{},
 		reconcile: make(chan struct{}, 1),
 	}
-	d.hub.inv, d.hub.changed = newInventory(&node.Snapshot{}, &d.cfg, &d.roots), make(chan struct{})
+	d.hub = latest.New(newInventory(&node.Snapshot{}, &d.cfg, &d.roots))
 	d.preparedNames.Store(&map[string]string{})
 	return d, nil
 }
@@ -100,7 +101,7 @@ func (d *Driver) Update(ctx context.Context, s *node.Snapshot) error {
 	d.pubMu.Lock()
 	defer d.pubMu.Unlock()
 	inv := newInventory(s, &d.cfg, &d.roots)
-	d.hub.publish(inv)
+	d.hub.Publish(inv)
 	d.firstOnce.Do(func() { close(d.first) })
 	if d.helper == nil {
 		return nil
@@ -176,7 +177,7 @@ func (d *Driver) Run(ctx context.Context) error {
 	// The first publication waits for the helper's informer to sync with
 	// the API server, which may take long: Update must not wait for it
 	// meanwhile, and what it brings is published right after.
-	inv := d.hub.current()
+	inv := d.hub.Current()
 	if err := helper.PublishResources(ctx, inv.resources); err != nil {
 		helper.Stop()
 		if ctx.Err() != nil {
@@ -186,7 +187,7 @@ func (d *Driver) Run(ctx context.Context) error {
 	}
 	d.pubMu.Lock()
 	d.helper = helper
-	if latest := d.hub.current(); latest != inv {
+	if latest := d.hub.Current(); latest != inv {
 		err = helper.PublishResources(ctx, latest.resources)
 	}
 	d.pubMu.Unlock()

@@ -4,40 +4,16 @@ import (
 	"context"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/latest"
 )
 
 // hub holds the current inventory and wakes the health streams when a new
 // one is published.
-type hub struct {
-	mu      sync.Mutex
-	inv     *inventory
-	changed chan struct{}
-}
-
-// load returns the current inventory and a channel closed when it is
-// replaced.
-func (h *hub) load() (*inventory, <-chan struct{}) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.inv, h.changed
-}
-
-func (h *hub) current() *inventory {
-	inv, _ := h.load()
-	return inv
-}
-
-func (h *hub) publish(inv *inventory) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.inv = inv
-	close(h.changed)
-	h.changed = make(chan struct{})
-}
+type hub = latest.Value[*inventory]
 
 // goneMessage is the health message of a prepared device whose GPU left
 // the node.
@@ -54,7 +30,7 @@ func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletpl
 	resend := time.NewTicker(d.cfg.HealthResend)
 	defer resend.Stop()
 	for {
-		inv, changed := d.hub.load()
+		inv, changed := d.hub.Load()
 		select {
 		case <-ctx.Done():
 			return nil

@@ -26,7 +26,7 @@ import (
 // is prepared without a CDI device instead of failing the claim, so that a
 // monitoring pod that takes every GPU still starts.
 func (d *Driver) PrepareResourceClaims(ctx context.Context, cls []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
-	inv := d.hub.current()
+	inv := d.hub.Current()
 	d.stateMu.Lock()
 	defer d.stateMu.Unlock()
 	next := d.prepared.clone()
