@@ -11,9 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"sync"
-	"syscall"
 
 	"github.com/go-logr/logr"
 	"github.com/urfave/cli/v2"
@@ -26,10 +23,8 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/conflict"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dra"
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/httpserver"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/probe"
 )
 
 // Name is the binary's name.
@@ -212,69 +207,8 @@ func (c *config) run(parent context.Context, errw io.Writer) error {
 	}
 	n.Subscribe(d)
 
-	// Every address is bound before anything runs, so a taken one stops
-	// start-up.
-	var endpoints []*httpserver.Server
-	closeAll := func() {
-		for _, e := range endpoints {
-			e.Close()
-		}
-	}
-	if obs != nil {
-		obs.Registry().MustRegister(c.GPUCollector(n))
-		srv, err := metrics.Listen(c.MetricsAddress, obs.Handler())
-		if err != nil {
-			return fmt.Errorf("--metrics-address: %w", err)
-		}
-		endpoints = append(endpoints, srv)
-	}
-	if c.ProbeAddress != "" {
-		srv, err := probe.Listen(c.ProbeAddress,
-			probe.Check{Name: "node", Live: n.Live, Ready: n.Ready},
-			probe.Check{Name: "DRA driver", Ready: d.Ready})
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("--probe-address: %w", err)
-		}
-		endpoints = append(endpoints, srv)
-	}
-
-	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	// Everything stops with the node, whatever ends it.
-	ctx, cancel := context.WithCancel(ctx)
-	var helpers sync.WaitGroup
-	defer helpers.Wait()
-	defer cancel()
-	for _, e := range endpoints {
-		log.Info("serving", "address", e.Addr().String())
-		helpers.Go(func() {
-			// An endpoint failure is no reason to stop serving GPUs.
-			if err := e.Serve(ctx); err != nil {
-				log.Error("serving an endpoint", "address", e.Addr().String(), "err", err)
-			}
-		})
-	}
-	helpers.Go(func() { _ = c.Monitor.Run(ctx) })
-	drvErr := make(chan error, 1)
-	helpers.Go(func() {
-		err := d.Run(ctx)
-		if err != nil {
-			cancel()
-		}
-		drvErr <- err
-	})
-	log.Info("starting DRA driver", "version", cdiapp.Version, "driver", c.DRA.DriverName, "node", c.DRA.NodeName,
+	return c.Serve(parent, log, n, obs, cdiapp.KubeletPlugin{Name: "DRA driver", Ready: d.Ready, Run: d.Run},
+		"starting DRA driver", "version", cdiapp.Version, "driver", c.DRA.DriverName, "node", c.DRA.NodeName,
 		"sysfs", c.Node.Scanner.SysfsRoot(), "dev", c.Node.Scanner.DevRoot(), "spec", n.SpecPath(),
 		"registration", c.DRA.RegistrationSocket(), "dra", c.DRA.DRASocket())
-	err = n.Run(ctx)
-	cancel()
-	helpers.Wait()
-	if err != nil {
-		return err
-	}
-	if err = <-drvErr; err == nil {
-		log.Info("stopped")
-	}
-	return err
 }

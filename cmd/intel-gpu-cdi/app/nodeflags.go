@@ -1,11 +1,15 @@
 package app
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -13,8 +17,10 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/httpserver"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/probe"
 )
 
 // NodeFlags are the flags of every command that runs the node model (the
@@ -169,4 +175,92 @@ func FieldFlagError(err error, fields map[string]string) error {
 		return fmt.Errorf("%s and %s: %s", name(fe.Field), name(fe.With), fe.Reason)
 	}
 	return fmt.Errorf("%s: %s", name(fe.Field), fe.Reason)
+}
+
+// KubeletPlugin is the kubelet plugin a command serves beside the node:
+// the device plugin or the DRA driver.
+type KubeletPlugin struct {
+	// Name names it in the readiness probe's answer and in the log.
+	Name string
+	// Ready is its readiness check.
+	Ready func() error
+	// Run serves it until ctx ends; an error stops the node too.
+	Run func(ctx context.Context) error
+	// Helpers run beside it until the end (the NFD labels).
+	Helpers []func(ctx context.Context)
+}
+
+// Serve binds the metrics (when obs is set) and probe endpoints, so that a
+// taken address stops start-up, then runs the node, the health monitor,
+// the endpoints, p and its helpers until a signal or parent ends them or
+// the node or p fails. An endpoint failure is logged, never fatal: it is
+// no reason to stop serving GPUs. started is logged once all is running.
+func (f *NodeFlags) Serve(parent context.Context, log *slog.Logger, n *node.Node, obs *metrics.Metrics, p KubeletPlugin, started string, attrs ...any) error {
+	type endpoint struct {
+		name string
+		srv  *httpserver.Server
+	}
+	var endpoints []endpoint
+	closeAll := func() {
+		for _, e := range endpoints {
+			e.srv.Close()
+		}
+	}
+	if obs != nil {
+		obs.Registry().MustRegister(f.GPUCollector(n))
+		srv, err := metrics.Listen(f.MetricsAddress, obs.Handler())
+		if err != nil {
+			return fmt.Errorf("--metrics-address: %w", err)
+		}
+		endpoints = append(endpoints, endpoint{"metrics", srv})
+	}
+	if f.ProbeAddress != "" {
+		srv, err := probe.Listen(f.ProbeAddress,
+			probe.Check{Name: "node", Live: n.Live, Ready: n.Ready},
+			probe.Check{Name: p.Name, Ready: p.Ready})
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("--probe-address: %w", err)
+		}
+		endpoints = append(endpoints, endpoint{"probes", srv})
+	}
+
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	// Everything stops with the node, whatever ends it.
+	ctx, cancel := context.WithCancel(ctx)
+	var helpers sync.WaitGroup
+	defer helpers.Wait()
+	defer cancel()
+	for _, e := range endpoints {
+		log.Info("serving "+e.name, "address", e.srv.Addr().String())
+		helpers.Go(func() {
+			if err := e.srv.Serve(ctx); err != nil {
+				log.Error("serving "+e.name, "address", e.srv.Addr().String(), "err", err)
+			}
+		})
+	}
+	helpers.Go(func() { _ = f.Monitor.Run(ctx) })
+	for _, h := range p.Helpers {
+		helpers.Go(func() { h(ctx) })
+	}
+	pluginErr := make(chan error, 1)
+	helpers.Go(func() {
+		err := p.Run(ctx)
+		if err != nil {
+			cancel()
+		}
+		pluginErr <- err
+	})
+	log.Info(started, attrs...)
+	err := n.Run(ctx)
+	cancel()
+	helpers.Wait()
+	if err != nil {
+		return err
+	}
+	if err = <-pluginErr; err == nil {
+		log.Info("stopped")
+	}
+	return err
 }

@@ -5,22 +5,17 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/conflict"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/dirwatch"
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/httpserver"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/metrics"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
-	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/probe"
 )
 
 // pluginConfig holds the plugin's flags: those of every command that runs
@@ -153,79 +148,14 @@ func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
 		n.Subscribe(labels.Subscriber())
 	}
 
-	// Every address is bound before anything runs, so a taken one stops
-	// start-up.
-	type endpoint struct {
-		name string
-		srv  *httpserver.Server
-	}
-	var endpoints []endpoint
-	closeAll := func() {
-		for _, e := range endpoints {
-			e.srv.Close()
-		}
-	}
-	if obs != nil {
-		obs.Registry().MustRegister(c.GPUCollector(n))
-		srv, err := metrics.Listen(c.MetricsAddress, obs.Handler())
-		if err != nil {
-			return fmt.Errorf("--metrics-address: %w", err)
-		}
-		endpoints = append(endpoints, endpoint{"metrics", srv})
-	}
-	if c.ProbeAddress != "" {
-		srv, err := probe.Listen(c.ProbeAddress,
-			probe.Check{Name: "node", Live: n.Live, Ready: n.Ready},
-			probe.Check{Name: "device plugin", Ready: dp.Ready})
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("--probe-address: %w", err)
-		}
-		endpoints = append(endpoints, endpoint{"probes", srv})
-	}
-
-	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	// Everything stops with the node, whatever ends it.
-	ctx, cancel := context.WithCancel(ctx)
-	var helpers sync.WaitGroup
-	defer helpers.Wait()
-	defer cancel()
-	for _, e := range endpoints {
-		log.Info("serving "+e.name, "address", e.srv.Addr().String())
-		helpers.Go(func() {
-			// An endpoint failure is no reason to stop serving GPUs.
-			if err := e.srv.Serve(ctx); err != nil {
-				log.Error("serving "+e.name, "err", err)
-			}
-		})
-	}
-	helpers.Go(func() { _ = c.Monitor.Run(ctx) })
+	served := KubeletPlugin{Name: "device plugin", Ready: dp.Ready, Run: dp.Run}
 	if labels != nil {
 		log.Info("keeping NFD feature labels", "path", labels.Path())
-		helpers.Go(func() { labels.Run(ctx) })
+		served.Helpers = append(served.Helpers, labels.Run)
 	}
-	dpErr := make(chan error, 1)
-	helpers.Go(func() {
-		err := dp.Run(ctx)
-		if err != nil {
-			cancel()
-		}
-		dpErr <- err
-	})
-	log.Info("starting device plugin", "version", Version, "sysfs", c.Node.Scanner.SysfsRoot(), "dev", c.Node.Scanner.DevRoot(),
+	return c.Serve(parent, log, n, obs, served, "starting device plugin",
+		"version", Version, "sysfs", c.Node.Scanner.SysfsRoot(), "dev", c.Node.Scanner.DevRoot(),
 		"kubeletSocketDir", c.DevicePlugin.KubeletSocketDir, "spec", n.SpecPath())
-	err = n.Run(ctx)
-	cancel()
-	helpers.Wait()
-	if err != nil {
-		return err
-	}
-	err = <-dpErr
-	if err == nil {
-		log.Info("stopped")
-	}
-	return err
 }
 
 // splitList reads a comma list. An empty list is none; an empty item is
