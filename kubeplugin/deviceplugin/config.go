@@ -137,6 +137,11 @@ func (c *Config) Validate() error {
 	if c.KubeletSocketDir == "" {
 		return kubeplugin.Invalid("KubeletSocketDir", "must not be empty")
 	}
+	// The kubelet's directory is absolute, and the registrar directory
+	// defaults to the one beside it.
+	if !filepath.IsAbs(c.KubeletSocketDir) {
+		return kubeplugin.Invalid("KubeletSocketDir", "%q is not an absolute path", c.KubeletSocketDir)
+	}
 	if n := len(filepath.Clean(c.KubeletSocketDir)); n > MaxKubeletSocketDirLen {
 		return kubeplugin.Invalid("KubeletSocketDir", "%s is %d bytes, too long: the plugin's socket paths in it must fit the %d bytes of a unix socket address, which leaves %d for the directory",
 			c.KubeletSocketDir, n, MaxSocketPathLen, MaxKubeletSocketDirLen)

@@ -35,7 +35,7 @@ var badFlags = []struct {
 	{flag: "vendor", values: []string{"", "Intel Corp", "intel.com/x", "-intel.com"}},
 	{flag: "class", values: []string{"", "g/pu", "gpu!"}},
 	{flag: "by-path", values: []string{"", "all", "Single"}},
-	{flag: "kubelet-socket-dir", values: []string{"", "@file", "/" + strings.Repeat("k", 100)}},
+	{flag: "kubelet-socket-dir", values: []string{"", "@file", "/" + strings.Repeat("k", 100), "relative/device-plugins"}},
 	{flag: "kubelet-registrar-dir", values: []string{"@file", "relative/plugins_registry"}},
 	{flag: "cdi-spec-dir", values: []string{"", "@file"}},
 	{flag: "shared-dev-num", values: []string{"0", "-1", "1025", "two", ""}, env: []string{"0"}},

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/go-logr/logr"
 	"github.com/urfave/cli/v2"
@@ -136,6 +137,9 @@ func (c *config) complete(errw io.Writer) (*slog.Logger, error) {
 	}
 	if c.KubeletSocketDir == "" {
 		return nil, fmt.Errorf("--kubelet-socket-dir: must not be empty")
+	}
+	if !filepath.IsAbs(c.KubeletSocketDir) {
+		return nil, fmt.Errorf("--kubelet-socket-dir: %q is not an absolute path", c.KubeletSocketDir)
 	}
 	// A test brings its own API server.
 	if c.DRA.Client == nil {

@@ -160,7 +160,7 @@ var badFlags = map[string][]string{
 	"driver-name":           {"", "GPU_Intel", "gpu intel"},
 	"kubelet-registrar-dir": {"", "relative", "/nonexistent/registry", "@file", "@long"},
 	"kubelet-plugins-dir":   {"", "relative", "@file", "@long"},
-	"kubelet-socket-dir":    {""},
+	"kubelet-socket-dir":    {"", "relative"},
 	"shared-dev-num":        {"0", "-1", "1025", "two"},
 	"kubeconfig":            {"/nonexistent/kubeconfig", "@file"},
 	"kube-api-qps":          {"0", "-1", "fast"},
