@@ -27,6 +27,8 @@ import (
 // BENCH_SETTLE (2s) change the run. BENCH_ALSO adds other builds of
 // intel-gpu-cdi to every round, run as the plugin is, for a before and
 // after in one run: BENCH_ALSO=before=/tmp/old-intel-gpu-cdi,...
+// BENCH_UPSTREAM=<gpu_plugin binary> adds the Intel GPU device plugin
+// (as root: see upstream).
 func BenchmarkFloor(b *testing.B) {
 	rounds := envInt(b, "BENCH_ROUNDS", 5)
 	gpus := envInt(b, "BENCH_GPUS", 64)
@@ -83,6 +85,9 @@ func BenchmarkFloor(b *testing.B) {
 			return cmd
 		}
 		cands = append(cands, c)
+	}
+	if bin := os.Getenv("BENCH_UPSTREAM"); bin != "" {
+		cands = append(cands, upstream(b, bin, resource))
 	}
 
 	samples, err := Rounds(context.Background(), cands, node, gpus, rounds, cfg)
