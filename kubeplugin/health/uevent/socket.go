@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -51,6 +52,8 @@ type Socket struct {
 	rc syscall.RawConn
 	// rcvbuf is the receive buffer the kernel granted, in bytes.
 	rcvbuf int
+	// closed is set by Close, so that a Receive it ends says so.
+	closed atomic.Bool
 }
 
 var _ Conn = (*Socket)(nil)
@@ -122,6 +125,11 @@ func (s *Socket) Receive(buf []byte) (int, error) {
 		return rerr != unix.EAGAIN && rerr != unix.EINTR
 	})
 	if err != nil {
+		if s.closed.Load() {
+			// The runtime's "use of closed file" is internal/poll's own
+			// error, not os.ErrClosed, which Conn promises.
+			err = os.ErrClosed
+		}
 		return 0, fmt.Errorf("receiving uevent: %w", err)
 	}
 	switch {
@@ -141,7 +149,10 @@ func (s *Socket) Receive(buf []byte) (int, error) {
 
 // Close closes the socket and wakes a pending Receive, which then returns
 // an error.
-func (s *Socket) Close() error { return s.f.Close() }
+func (s *Socket) Close() error {
+	s.closed.Store(true)
+	return s.f.Close()
+}
 
 // uidMapFile is the calling process's user ID mapping.
 const uidMapFile = "/proc/self/uid_map"
