@@ -187,8 +187,8 @@ func (d *Driver) Run(ctx context.Context) error {
 	}
 	d.pubMu.Lock()
 	d.helper = helper
-	if latest := d.hub.Current(); latest != inv {
-		err = helper.PublishResources(ctx, latest.resources)
+	if cur := d.hub.Current(); cur != inv {
+		err = helper.PublishResources(ctx, cur.resources)
 	}
 	d.pubMu.Unlock()
 	if err != nil {

@@ -27,6 +27,15 @@ func upstream(b *testing.B, bin, resource string) Candidate {
 		Name: "upstream",
 		Call: "Allocate",
 		Command: func(env *Env) *exec.Cmd {
+			// Each tree is bound before the next mount, which would hide
+			// one that lies below it.
+			for _, dir := range []string{env.Node.Sys, env.Node.Dev, env.Kubelet.Dir()} {
+				for _, hidden := range []string{"/sys", "/dev", "/var/lib"} {
+					if dir == hidden || strings.HasPrefix(dir, hidden+"/") {
+						b.Fatalf("BENCH_UPSTREAM: %s is below %s, which the plugin's namespace covers: set TMPDIR elsewhere", dir, hidden)
+					}
+				}
+			}
 			script := strings.Join([]string{
 				`set -e`,
 				`mount --make-rprivate /`,

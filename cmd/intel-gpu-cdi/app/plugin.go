@@ -150,8 +150,10 @@ func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
 
 	served := KubeletPlugin{Name: "device plugin", Ready: dp.Ready, Run: dp.Run}
 	if labels != nil {
-		log.Info("keeping NFD feature labels", "path", labels.Path())
-		served.Helpers = append(served.Helpers, labels.Run)
+		served.Helpers = append(served.Helpers, func(ctx context.Context) {
+			log.Info("keeping NFD feature labels", "path", labels.Path())
+			labels.Run(ctx)
+		})
 	}
 	return c.Serve(parent, log, n, obs, served, "starting device plugin",
 		"version", Version, "sysfs", c.Node.Scanner.SysfsRoot(), "dev", c.Node.Scanner.DevRoot(),
