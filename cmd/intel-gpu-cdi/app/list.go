@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -66,7 +67,13 @@ func listCommand() *cli.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(newListOutput(res, b, healths))
 			}
-			return writeTable(c.App.Writer, res, b, healths)
+			// tabwriter writes cell by cell: one write for the table,
+			// not two system calls per cell.
+			out := bufio.NewWriter(c.App.Writer)
+			if err := writeTable(out, res, b, healths); err != nil {
+				return err
+			}
+			return out.Flush()
 		},
 	}
 }
