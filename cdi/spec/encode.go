@@ -194,10 +194,7 @@ func (e *encoder) json(s *specs.Spec) {
 	e.raw(`,"devices":[`)
 	for i := range s.Devices {
 		d := &s.Devices[i]
-		if i > 0 {
-			e.raw(",")
-		}
-		e.raw("\n{\"name\":")
+		e.item(i, "\n{\"name\":")
 		e.quoted(d.Name)
 		e.raw(`,"containerEdits":`)
 		e.jsonEdits(&d.ContainerEdits)
@@ -255,10 +252,7 @@ func (e *encoder) jsonEdits(c *specs.ContainerEdits) {
 		e.raw(`"deviceNodes":[`)
 		for i, n := range c.DeviceNodes {
 			e.spill()
-			if i > 0 {
-				e.raw(",")
-			}
-			e.raw(`{"path":`)
+			e.item(i, `{"path":`)
 			e.quoted(n.Path)
 			if n.HostPath != "" {
 				e.raw(`,"hostPath":`)
@@ -290,10 +284,7 @@ func (e *encoder) jsonEdits(c *specs.ContainerEdits) {
 		e.raw(`"mounts":[`)
 		for i, m := range c.Mounts {
 			e.spill()
-			if i > 0 {
-				e.raw(",")
-			}
-			e.raw(`{"hostPath":`)
+			e.item(i, `{"hostPath":`)
 			e.quoted(m.HostPath)
 			e.raw(`,"containerPath":`)
 			e.quoted(m.ContainerPath)
@@ -310,6 +301,15 @@ func (e *encoder) jsonEdits(c *specs.ContainerEdits) {
 		e.raw("]")
 	}
 	e.raw("}")
+}
+
+// item starts element i of a JSON list with start, after a comma from
+// the second element on.
+func (e *encoder) item(i int, start string) {
+	if i > 0 {
+		e.raw(",")
+	}
+	e.raw(start)
 }
 
 func emptyEdits(c *specs.ContainerEdits) bool { return len(c.DeviceNodes) == 0 && len(c.Mounts) == 0 }
