@@ -32,11 +32,8 @@ var ErrUnsupportedField = errors.New("field not supported by the spec encoder")
 // sigs.k8s.io/yaml one that runtimes of cdiVersion 0.5.0 bundle, to
 // exactly the spec given (encode_test.go).
 func Marshal(s *specs.Spec, f Format) ([]byte, error) {
-	if err := supported(s); err != nil {
-		return nil, fmt.Errorf("encoding CDI spec %s: %w", s.Kind, err)
-	}
-	if err := Check(s); err != nil {
-		return nil, fmt.Errorf("encoding CDI spec %s: %w", s.Kind, err)
+	if err := encodable(s); err != nil {
+		return nil, err
 	}
 	return encode(s, f)
 }
@@ -47,11 +44,8 @@ func Marshal(s *specs.Spec, f Format) ([]byte, error) {
 // which allocated as much as the spec again each time (about 0.13 MB at
 // 64 GPUs, garbage that stays resident until Go's first collection).
 func Encode(w io.Writer, s *specs.Spec, f Format) error {
-	if err := supported(s); err != nil {
-		return fmt.Errorf("encoding CDI spec %s: %w", s.Kind, err)
-	}
-	if err := Check(s); err != nil {
-		return fmt.Errorf("encoding CDI spec %s: %w", s.Kind, err)
+	if err := encodable(s); err != nil {
+		return err
 	}
 	e := encoder{w: w, buf: make([]byte, 0, spillAt+spillAt/2)}
 	if err := e.run(s, f); err != nil {
@@ -60,6 +54,19 @@ func Encode(w io.Writer, s *specs.Spec, f Format) error {
 	e.flush()
 	if e.err != nil {
 		return fmt.Errorf("encoding CDI spec %s: %w", s.Kind, e.err)
+	}
+	return nil
+}
+
+// encodable is what Marshal and Encode refuse before writing a byte: a
+// field the encoder does not write, or a spec Check refuses.
+func encodable(s *specs.Spec) error {
+	err := supported(s)
+	if err == nil {
+		err = Check(s)
+	}
+	if err != nil {
+		return fmt.Errorf("encoding CDI spec %s: %w", s.Kind, err)
 	}
 	return nil
 }
