@@ -161,7 +161,7 @@ func (b *Builder) Build(devs []discovery.Device) (*specs.Spec, error) {
 // names in owner.
 func (b *Builder) check(d *discovery.Device, owner map[string]string) error {
 	who := func() string { return fmt.Sprintf("GPU %q (%q)", d.PCIAddress, d.Card) }
-	names := [...]string{d.Card, d.PCIAddress}
+	names := Names(d)
 	for _, name := range names {
 		if err := parser.ValidateDeviceName(name); err != nil {
 			return fmt.Errorf("%w: %s: %w", ErrBadDevice, who(), err)
