@@ -18,13 +18,13 @@ import (
 // os.CreateTemp takes it), fsynced and with mode perm, and returns its
 // name. On error nothing is left behind.
 func WriteTemp(dir, pattern string, data []byte, perm fs.FileMode) (string, error) {
-	return WriteTempFrom(dir, pattern, writeAll(data), perm)
+	return writeTempFrom(dir, pattern, writeAll(data), perm)
 }
 
-// WriteTempFrom is WriteTemp of what write writes to the file: for data
+// writeTempFrom is WriteTemp of what write writes to the file: for data
 // made as it is written, never whole in memory. An error of write is
 // returned wrapped, and nothing is left behind.
-func WriteTempFrom(dir, pattern string, write func(io.Writer) error, perm fs.FileMode) (string, error) {
+func writeTempFrom(dir, pattern string, write func(io.Writer) error, perm fs.FileMode) (string, error) {
 	f, err := os.CreateTemp(dir, pattern)
 	if err != nil {
 		return "", fmt.Errorf("creating temporary file in %s: %w", dir, err)
@@ -66,7 +66,7 @@ func writeAll(data []byte) func(io.Writer) error {
 // WriteFrom is Write of what write writes to the temporary file.
 func WriteFrom(path, pattern string, write func(io.Writer) error, perm fs.FileMode, check func(tmp string) error) error {
 	dir := filepath.Dir(path)
-	tmp, err := WriteTempFrom(dir, pattern, write, perm)
+	tmp, err := writeTempFrom(dir, pattern, write, perm)
 	if err != nil {
 		return err
 	}
