@@ -349,12 +349,3 @@ func BenchmarkMarshal(b *testing.B) {
 		}
 	}
 }
-
-func devicesOfNode(t testing.TB, n *fakenode.Node) []discovery.Device {
-	t.Helper()
-	res, err := discovery.New(discovery.WithSysfsRoot(n.Sys), discovery.WithDevRoot(n.Dev)).Scan()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.Devices
-}
