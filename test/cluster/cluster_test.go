@@ -141,6 +141,16 @@ func (s *suite) setUp(ctx context.Context, t *testing.T) {
 // starts the kubelet: everything but the plugin.
 func (s *suite) setUpNode(ctx context.Context, t *testing.T) {
 	t.Helper()
+	s.startContainerdAndNode(ctx, t, nodeGPUs)
+	if err := s.r.StartKubelet(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startContainerdAndNode starts containerd, imports the images and lays
+// out the fake node of gpus.
+func (s *suite) startContainerdAndNode(ctx context.Context, t *testing.T, gpus []fakenode.GPU) {
+	t.Helper()
 	r := s.r
 	if err := r.StartContainerd(ctx); err != nil {
 		t.Fatal(err)
@@ -154,7 +164,7 @@ func (s *suite) setUpNode(ctx context.Context, t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, g := range nodeGPUs {
+	for _, g := range gpus {
 		if err := node.AddGPU(g); err != nil {
 			t.Fatal(err)
 		}
@@ -163,11 +173,8 @@ func (s *suite) setUpNode(ctx context.Context, t *testing.T) {
 	if s.gpus, err = rig.ReadNodeGPUs(node.Sys); err != nil {
 		t.Fatal(err)
 	}
-	if len(s.gpus) != len(nodeGPUs) {
-		t.Fatalf("fake node has %d GPUs in sysfs, want %d", len(s.gpus), len(nodeGPUs))
-	}
-	if err := r.StartKubelet(ctx); err != nil {
-		t.Fatal(err)
+	if len(s.gpus) != len(gpus) {
+		t.Fatalf("fake node has %d GPUs in sysfs, want %d", len(s.gpus), len(gpus))
 	}
 }
 

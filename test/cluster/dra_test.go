@@ -1310,7 +1310,10 @@ func refused(t *testing.T, p *rig.Proc, offset int64) string {
 }
 
 func (d *draSuite) pluginRefusesBesideDRA(ctx context.Context, t *testing.T) {
-	before, _ := d.r.Registrations(ctx)
+	before, err := d.r.Registrations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	offset := fileSize(filepath.Join(d.r.LogDir, "plugin.log"))
 	if err := d.r.StartPlugin(d.binary, d.pluginArgs(1)...); err != nil {
 		t.Fatal(err)
@@ -1319,7 +1322,9 @@ func (d *draSuite) pluginRefusesBesideDRA(ctx context.Context, t *testing.T) {
 	if !strings.Contains(out, conflictSocket()) {
 		t.Errorf("the device plugin's refusal does not name the DRA driver's socket %s:\n%s", conflictSocket(), out)
 	}
-	if after, _ := d.r.Registrations(ctx); after[i915] > before[i915] || after[xe] > before[xe] {
+	if after, err := d.r.Registrations(ctx); err != nil {
+		t.Errorf("reading the kubelet's registrations after the refusal: %v", err)
+	} else if after[i915] > before[i915] || after[xe] > before[xe] {
 		t.Errorf("the device plugin registered (%v, was %v) beside the DRA driver", after, before)
 	}
 	if d.driver.Exited() {

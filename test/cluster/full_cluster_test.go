@@ -149,28 +149,8 @@ func startFullCluster(ctx context.Context, t *testing.T, gpus []fakenode.GPU, lo
 	if err := r.EnableCNI(); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.StartContainerd(ctx); err != nil {
-		t.Fatal(err)
-	}
 	s := &suite{r: r, binary: binary}
-	for _, img := range s.images(t) {
-		if err := r.ImportImage(ctx, img); err != nil {
-			t.Fatal(err)
-		}
-	}
-	node, err := fakenode.New(filepath.Join(r.Dir, "node"), fakenode.WithMode(fakenode.Mknod))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range gpus {
-		if err := node.AddGPU(g); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s.node = node
-	if s.gpus, err = rig.ReadNodeGPUs(node.Sys); err != nil {
-		t.Fatal(err)
-	}
+	s.startContainerdAndNode(ctx, t, gpus)
 	if err := r.StartControlPlane(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -53,11 +53,7 @@ func TestPolicyCatchesEachViolation(t *testing.T) {
 	if v := violations(basePod(t), stock); len(v) != 0 {
 		t.Fatalf("the shipped base already breaks the rule: %v", v)
 	}
-	for _, tc := range []struct {
-		name   string
-		break_ func(t *testing.T, s *corev1.PodSpec)
-		want   string
-	}{
+	checkEachViolation(t, basePod, stock, []policyBreak{
 		{"a writable host path beyond the two", func(t *testing.T, s *corev1.PodSpec) {
 			addHostPath(s, "etc", "/etc", false, nil)
 		}, "host path /etc at /etc is writable"},
@@ -143,11 +139,26 @@ func TestPolicyCatchesEachViolation(t *testing.T) {
 			ic.SecurityContext.Privileged = ptr.To(true)
 			s.InitContainers = append(s.InitContainers, ic)
 		}, "container init: securityContext.privileged is true"},
-	} {
+	})
+}
+
+// policyBreak breaks one rule on a rendered pod; want is in the one
+// violation the checker must report.
+type policyBreak struct {
+	name   string
+	break_ func(t *testing.T, s *corev1.PodSpec)
+	want   string
+}
+
+// checkEachViolation applies each break to a fresh pod and wants exactly
+// one violation of policy that contains its want.
+func checkEachViolation(t *testing.T, pod func(*testing.T) corev1.PodSpec, policy agentPolicy, cases []policyBreak) {
+	t.Helper()
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			s := basePod(t)
+			s := pod(t)
 			tc.break_(t, &s)
-			got := violations(s, stock)
+			got := violations(s, policy)
 			if len(got) != 1 || !strings.Contains(got[0], tc.want) {
 				t.Errorf("violations = %q, want exactly one containing %q", got, tc.want)
 			}
@@ -217,11 +228,7 @@ func TestDRAPolicyGrantsOnlyTheDriversDirs(t *testing.T) {
 	if v := violations(draPod(t), policy); len(v) != 0 {
 		t.Fatalf("the shipped DRA DaemonSet already breaks the rule: %v", v)
 	}
-	for _, tc := range []struct {
-		name   string
-		break_ func(t *testing.T, s *corev1.PodSpec)
-		want   string
-	}{
+	checkEachViolation(t, draPod, policy, []policyBreak{
 		{"the device plugin's dir made writable", func(t *testing.T, s *corev1.PodSpec) {
 			m := mountOf(t, s, defaultPluginDirs.KubeletSocketDir)
 			m.ReadOnly, m.RecursiveReadOnly = false, nil
@@ -242,14 +249,5 @@ func TestDRAPolicyGrantsOnlyTheDriversDirs(t *testing.T) {
 		{"the kubelet's root", func(t *testing.T, s *corev1.PodSpec) {
 			addHostPath(s, "kubelet", "/var/lib/kubelet", false, nil)
 		}, "host path /var/lib/kubelet at /var/lib/kubelet is writable"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := draPod(t)
-			tc.break_(t, &s)
-			got := violations(s, policy)
-			if len(got) != 1 || !strings.Contains(got[0], tc.want) {
-				t.Errorf("violations = %q, want exactly one containing %q", got, tc.want)
-			}
-		})
-	}
+	})
 }

@@ -63,6 +63,7 @@ func TestARestartedPluginKeepsItsUnchangedSpecAndRewritesAnyOther(t *testing.T) 
 			first.registered(deviceplugin.ResourceI915, 1)
 			path := first.plugin.SpecPath()
 			first.stop()
+			written := stateOf(t, path)
 			tc.tamper(t, path)
 			before := stateOf(t, path)
 
@@ -77,6 +78,7 @@ func TestARestartedPluginKeepsItsUnchangedSpecAndRewritesAnyOther(t *testing.T) 
 			}
 			assert.NotEqual(t, before.ino, after.ino, "the spec was not written again")
 			assert.Equal(t, os.FileMode(0o644), after.mode.Perm())
+			assert.Equal(t, written.bytes, after.bytes, "the rewritten spec is not the one the node gives")
 			assert.Equal(t, int64(1), writes.n.Load(), "spec writes")
 		})
 	}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -69,20 +68,7 @@ func BenchmarkDRAFootprint(b *testing.B) {
 		// limit would be measured, not the driver.
 		"--kube-api-qps", "1000", "--kube-api-burst", "1000")...)
 	cmd.Stderr = &stderr
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(waitFor):
-			cmd.Process.Kill()
-		}
-	})
+	start, exited := startMeasured(t, cmd)
 	pid := cmd.Process.Pid
 
 	k, err := drakubelet.Register(ctxFor(t, waitFor), filepath.Join(root, "plugins_registry", "gpu.intel.com-reg.sock"))

@@ -130,6 +130,28 @@ func buildCmd(t testing.TB, name, tags string) string {
 	return bin
 }
 
+// startMeasured starts the measured process and returns when it started
+// and a channel that gets its exit. The process is stopped when the test
+// ends: SIGTERM, then SIGKILL after waitFor.
+func startMeasured(t testing.TB, cmd *exec.Cmd) (time.Time, <-chan error) {
+	t.Helper()
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(waitFor):
+			cmd.Process.Kill()
+		}
+	})
+	return start, exited
+}
+
 // footprintWindow is each measuring window: FOOTPRINT_SECONDS, default 10.
 func footprintWindow(t testing.TB) time.Duration {
 	window := 10 * time.Second
@@ -170,20 +192,7 @@ func BenchmarkFootprint(b *testing.B) {
 	cmd := exec.Command(bin, "plugin", "--sysfs-root", node.Sys, "--dev-root", node.Dev,
 		"--kubelet-socket-dir", sockDir, "--cdi-spec-dir", filepath.Join(t.TempDir(), "cdi"), "--log-level", "warn")
 	cmd.Stderr = &stderr
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(waitFor):
-			cmd.Process.Kill()
-		}
-	})
+	start, exited := startMeasured(t, cmd)
 	pid := cmd.Process.Pid
 
 	req, err := k.WaitRegistration(ctxFor(t, waitFor), deviceplugin.ResourceI915, 1)
