@@ -104,7 +104,8 @@ func (p *Plugin) Ready() error {
 // Run follows the kubelet until ctx ends: when the kubelet restarts (it
 // wipes every socket in its directory and creates kubelet.sock again) the
 // plugin serves on fresh sockets and registers again. The socket directory
-// may be removed and created again; its parent must exist. On return every
+// may be removed and created again when its parent can be watched;
+// otherwise it must exist (see Config.KubeletSocketDir). On return every
 // server is stopped and its socket removed.
 func (p *Plugin) Run(ctx context.Context) error {
 	dir := filepath.Clean(p.cfg.KubeletSocketDir)
