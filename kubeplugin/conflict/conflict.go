@@ -45,9 +45,9 @@ var ErrServed = errors.New("another kubelet plugin already serves this node's GP
 // server's help until its backlog is full).
 const dialTimeout = time.Second
 
-// Live reports whether a unix socket at path accepts a connection. A
+// live reports whether a unix socket at path accepts a connection. A
 // socket file left by a process that died refuses, and is not live.
-func Live(path string) bool {
+func live(path string) bool {
 	conn, err := net.DialTimeout("unix", path, dialTimeout)
 	if err != nil {
 		return false
@@ -61,7 +61,7 @@ func Live(path string) bool {
 func Check(dir, other string, names ...string) error {
 	for _, name := range names {
 		p := filepath.Join(dir, name)
-		if Live(p) {
+		if live(p) {
 			return fmt.Errorf("%w: %s is live at %s; run either the device plugin or the DRA driver on a node, never both "+
 				"(the manifests choose one per node by label)", ErrServed, other, p)
 		}

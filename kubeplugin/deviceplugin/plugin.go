@@ -104,7 +104,8 @@ func (p *Plugin) Ready() error {
 // Run follows the kubelet until ctx ends: when the kubelet restarts (it
 // wipes every socket in its directory and creates kubelet.sock again) the
 // plugin serves on fresh sockets and registers again. The socket directory
-// may be removed and created again; its parent must exist. On return every
+// may be removed and created again when its parent can be watched;
+// otherwise it must exist (see Config.KubeletSocketDir). On return every
 // server is stopped and its socket removed.
 func (p *Plugin) Run(ctx context.Context) error {
 	dir := filepath.Clean(p.cfg.KubeletSocketDir)
@@ -195,7 +196,7 @@ func (p *Plugin) kubeletRestarted(ctx context.Context, r *retry.Retry) {
 			failed = true
 		}
 	}
-	if p.last != nil && p.ensureServers(ctx, p.last) != nil {
+	if p.last != nil && p.startServers(ctx, p.last) != nil {
 		failed = true
 	}
 	if failed {
@@ -211,11 +212,21 @@ func (p *Plugin) retryServers(ctx context.Context, r *retry.Retry) {
 	if p.closed || p.last == nil {
 		return
 	}
-	if p.ensureServers(ctx, p.last) != nil {
+	if p.startServers(ctx, p.last) != nil {
 		r.Failed()
 	} else {
 		r.Reset()
 	}
+}
+
+// startServers is ensureServers for Run, which retries on its own: the
+// failure is logged here, as the node logs that of an Update.
+func (p *Plugin) startServers(ctx context.Context, inv *inventory) error {
+	err := p.ensureServers(ctx, inv)
+	if err != nil {
+		p.log.Error("device plugin servers could not start; retrying", "err", err)
+	}
+	return err
 }
 
 // ensureServers starts a server for every resource that has none. A server

@@ -87,21 +87,27 @@ func (c *collected) next(t *testing.T, want string) fsnotify.Event {
 	}
 }
 
-// none checks that nothing named in names came: called after an event of
-// another follower that came later through the shared watcher, which
-// delivers in order.
-func (c *collected) none(t *testing.T, names ...string) {
+// noneBefore reads the follower's events up to the one for marker, a
+// file made in one of its own directories after the events named in
+// names: the shared watcher delivers in order, so one of those handed to
+// this follower would have come before the marker.
+func (c *collected) noneBefore(t *testing.T, marker string, names ...string) {
 	t.Helper()
+	touch(t, marker)
+	deadline := time.After(waitFor)
 	for {
 		select {
 		case ev := <-c.events:
+			if ev.Name == marker {
+				return
+			}
 			for _, n := range names {
 				if ev.Name == n {
 					t.Errorf("got %v, which is not this follower's", ev)
 				}
 			}
-		default:
-			return
+		case <-deadline:
+			t.Fatalf("no event for %s", marker)
 		}
 	}
 }
@@ -119,15 +125,16 @@ func TestEachFollowerGetsTheEventsOfItsOwnDirectories(t *testing.T) {
 	}
 	touch(t, filepath.Join(dirB, "two"))
 	b.next(t, filepath.Join(dirB, "two"))
-	a.none(t, filepath.Join(dirB, "two"))
-	b.none(t, filepath.Join(dirA, "one"))
+	a.noneBefore(t, filepath.Join(dirA, "mark"), filepath.Join(dirB, "two"))
+	b.noneBefore(t, filepath.Join(dirB, "mark"), filepath.Join(dirA, "one"))
 }
 
 func TestTwoFollowersOfOneDirectoryBothSeeItUntilEachLetsGo(t *testing.T) {
 	x := newWatcher(t)
 	a, b := collect(x.Follow()), collect(x.Follow())
-	dir := t.TempDir()
+	dir, own := t.TempDir(), t.TempDir()
 	add(t, a.f, dir)
+	add(t, a.f, own)
 	add(t, b.f, dir)
 	touch(t, filepath.Join(dir, "one"))
 	a.next(t, filepath.Join(dir, "one"))
@@ -138,7 +145,7 @@ func TestTwoFollowersOfOneDirectoryBothSeeItUntilEachLetsGo(t *testing.T) {
 	}
 	touch(t, filepath.Join(dir, "two"))
 	b.next(t, filepath.Join(dir, "two"))
-	a.none(t, filepath.Join(dir, "two"))
+	a.noneBefore(t, filepath.Join(own, "mark"), filepath.Join(dir, "two"))
 	if err := a.f.Remove(dir); err == nil {
 		t.Error("removing a path twice was no error")
 	}

@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/retry"
 )
 
 // ShutdownTimeout bounds how long a stopping server waits for requests in
@@ -103,12 +105,15 @@ func (s *Server) Serve(ctx context.Context) error {
 	return fmt.Errorf("stopping %s server on %s: requests still in flight after %s were cut short", s.what, s.lis.Addr(), shutdownTimeout)
 }
 
+// acceptBackoff paces accepting again after a failure.
+var acceptBackoff = retry.Backoff{Duration: 5 * time.Millisecond, Factor: 2, Cap: time.Second}
+
 // accept serves each connection on a goroutine of its own until the
 // listener is closed; once ctx has ended, that is the shutdown. Other
 // failures (out of file descriptors) pass: it tries again after a wait
 // that grows to a second, as net/http's Server does.
 func (s *Server) accept(ctx context.Context) error {
-	var wait time.Duration
+	b := acceptBackoff
 	for {
 		c, err := s.lis.Accept()
 		if err != nil {
@@ -118,14 +123,13 @@ func (s *Server) accept(ctx context.Context) error {
 			if errors.Is(err, net.ErrClosed) {
 				return err
 			}
-			wait = min(max(2*wait, 5*time.Millisecond), time.Second)
 			select {
-			case <-time.After(wait):
+			case <-time.After(b.Step()):
 			case <-ctx.Done():
 			}
 			continue
 		}
-		wait = 0
+		b = acceptBackoff
 		// A request outlives the end of ctx: the shutdown waits for it,
 		// and cancels it only when it gives up waiting.
 		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))

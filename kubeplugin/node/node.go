@@ -420,7 +420,7 @@ func sameFile(path string, sum [sha256.Size]byte) bool {
 }
 
 // stillOurs checks, cheaply, that nothing but a regular file took the
-// spec's path since the start-up check (which read it whole).
+// spec's path since claim checked it at the first write.
 func (n *Node) stillOurs() error {
 	fi, err := os.Lstat(n.specPath)
 	if err != nil || fi.Mode().IsRegular() {

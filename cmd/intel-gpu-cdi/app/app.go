@@ -44,7 +44,7 @@ func init() {
 // DRA driver so).
 func New(extra ...*cli.Command) *cli.App {
 	// global receives the common flags given before the command; each
-	// command's own copy of them starts from it (see conventions).
+	// command's own copy of them starts from it (see Conventions).
 	var global commonConfig
 	a := &cli.App{
 		Name:    "intel-gpu-cdi",
@@ -73,7 +73,7 @@ func New(extra ...*cli.Command) *cli.App {
 		// the default handler calls os.Exit from inside the library.
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
-	conventions(a)
+	Conventions(a)
 	return a
 }
 
@@ -82,12 +82,10 @@ func versionCommand() *cli.Command {
 		Name:  "version",
 		Usage: "print the version",
 		Action: func(c *cli.Context) error {
-			return printVersion(c.App.Writer)
+			return PrintVersion(c.App.Writer, "intel-gpu-cdi")
 		},
 	}
 }
-
-func printVersion(w io.Writer) error { return PrintVersion(w, "intel-gpu-cdi") }
 
 // PrintVersion prints a binary's name, the version, the Go version and the
 // platform.

@@ -7,7 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// conventions makes every command of a follow the same rules, whoever
+// Conventions makes every command of a follow the same rules, whoever
 // wrote its flags:
 //   - an empty environment variable is no setting at all (urfave/cli
 //     would take "" as the value of a string flag);
@@ -16,11 +16,9 @@ import (
 //     environment;
 //   - usage errors are returned, not printed with the help on stdout;
 //   - a command takes no arguments unless it says so.
-func conventions(a *cli.App) { Conventions(a) }
-
-// Conventions applies the rules above to a: the DRA driver's binary
-// follows them too. An app whose own Action runs (no command) takes no
-// arguments either.
+//
+// The DRA driver's binary follows them too. An app whose own Action runs
+// (no command) takes no arguments either.
 func Conventions(a *cli.App) {
 	a.OnUsageError = onUsageError
 	// Errors go back to Run, which alone decides the exit status: the
@@ -39,15 +37,13 @@ func Conventions(a *cli.App) {
 		// `generate help` is an unexpected argument, not a help topic.
 		c.HideHelpCommand = true
 		if c.ArgsUsage == "" && c.Action != nil {
-			c.Action = noArgs(c.Action)
+			c.Action = NoArgs(c.Action)
 		}
 	}
 }
 
 // NoArgs makes an action refuse arguments as a usage error.
-func NoArgs(action cli.ActionFunc) cli.ActionFunc { return noArgs(action) }
-
-func noArgs(action cli.ActionFunc) cli.ActionFunc {
+func NoArgs(action cli.ActionFunc) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		if c.Args().Present() {
 			name := c.App.Name

@@ -1,12 +1,14 @@
 package app_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/health/uevent"
@@ -42,9 +44,13 @@ func TestListShowsWhatTheKernelSaysOfEachGPU(t *testing.T) {
 	if err := feed.Send(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		if b, err := os.ReadFile(state); err == nil && regexp.MustCompile(`"wedged"`).Match(b) {
+	// A Check saves what the listener heard; a deadline, not a timing.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if b, err := os.ReadFile(state); err == nil && bytes.Contains(b, []byte(`"wedged"`)) {
 			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the plugin never kept the wedge in its state file")
 		}
 		plugin.Check(nil)
 	}

@@ -78,7 +78,8 @@ func (f *NodeFlags) Complete(errw io.Writer) (*slog.Logger, error) {
 	if err := f.common.checkRoots(); err != nil {
 		return nil, err
 	}
-	if err := waitableRoots(f.common.scanner(), log); err != nil {
+	scanner := f.common.scanner()
+	if err := waitableRoots(scanner, log); err != nil {
 		return nil, err
 	}
 	b, err := f.specCfg.builder()
@@ -86,7 +87,7 @@ func (f *NodeFlags) Complete(errw io.Writer) (*slog.Logger, error) {
 		return nil, err
 	}
 	f.Node.AllowIDs, f.Node.DenyIDs = splitList(f.allowIDs), splitList(f.denyIDs)
-	f.Node.Scanner, f.Node.Builder, f.Node.Logger = f.common.scanner(), b, log
+	f.Node.Scanner, f.Node.Builder, f.Node.Logger = scanner, b, log
 	if err := f.Node.Validate(); err != nil {
 		return nil, FieldFlagError(err, nodeFieldFlags)
 	}

@@ -132,7 +132,7 @@ func (c *pluginConfig) run(parent context.Context, log *slog.Logger) error {
 	c.Node.Watcher, c.DevicePlugin.Watcher = watch, watch
 	n, err := node.New(c.Node)
 	if err != nil {
-		return flagError(err)
+		return FieldFlagError(err, nodeFieldFlags)
 	}
 	dp, err := deviceplugin.New(c.DevicePlugin)
 	if err != nil {
