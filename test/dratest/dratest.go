@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -196,15 +197,7 @@ func Devices(ctx context.Context, c *fake.Clientset, driver string) ([]resourcea
 
 func devicesOf(items []resourceapi.ResourceSlice, driver string) []resourceapi.Device {
 	items = slices.Clone(items)
-	slices.SortFunc(items, func(a, b resourceapi.ResourceSlice) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(items, func(a, b resourceapi.ResourceSlice) int { return strings.Compare(a.Name, b.Name) })
 	var out []resourceapi.Device
 	for _, s := range items {
 		if s.Spec.Driver == driver && s.Spec.NodeName != nil && *s.Spec.NodeName == NodeName {
