@@ -13,13 +13,17 @@
 //     newest inventory with a wake-up, one backoff).
 //
 // This package holds what they share: the error a configuration check
-// returns.
+// returns, and the bound on a socket path.
 package kubeplugin
 
 import (
 	"errors"
 	"fmt"
 )
+
+// MaxSocketPathLen is the longest path a unix socket address holds: 108
+// bytes with the terminating NUL.
+const MaxSocketPathLen = 107
 
 // FieldError is a configuration field whose value cannot be used. Each
 // configuration checks its own fields once, where it is defined, and names

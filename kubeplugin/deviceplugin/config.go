@@ -144,7 +144,7 @@ func (c *Config) Validate() error {
 	}
 	if n := len(filepath.Clean(c.KubeletSocketDir)); n > MaxKubeletSocketDirLen {
 		return kubeplugin.Invalid("KubeletSocketDir", "%s is %d bytes, too long: the plugin's socket paths in it must fit the %d bytes of a unix socket address, which leaves %d for the directory",
-			c.KubeletSocketDir, n, MaxSocketPathLen, MaxKubeletSocketDirLen)
+			c.KubeletSocketDir, n, kubeplugin.MaxSocketPathLen, MaxKubeletSocketDirLen)
 	}
 	if c.SharedDevNum < 1 || c.SharedDevNum > MaxSharedDevNum {
 		return kubeplugin.Invalid("SharedDevNum", "%d is not between 1 and %d", c.SharedDevNum, MaxSharedDevNum)

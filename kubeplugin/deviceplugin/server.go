@@ -18,19 +18,16 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/retry"
 )
 
 // KubeletSocket is the kubelet's registration socket in the socket dir.
 const KubeletSocket = "kubelet.sock"
 
-// MaxSocketPathLen is the longest path a unix socket address holds: 108
-// bytes with the terminating NUL.
-const MaxSocketPathLen = 107
-
 // MaxKubeletSocketDirLen is the longest kubelet socket directory in which
 // every socket of the plugin (the longest is the monitoring one's) fits.
-var MaxKubeletSocketDirLen = MaxSocketPathLen - len("/"+socketName(ResourceMonitoring))
+var MaxKubeletSocketDirLen = kubeplugin.MaxSocketPathLen - len("/"+socketName(ResourceMonitoring))
 
 // socketName is the plugin's socket for a resource: intel-gpu-cdi-i915.sock.
 func socketName(resource string) string {

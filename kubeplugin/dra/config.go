@@ -49,10 +49,6 @@ const (
 	CheckpointName = "checkpoint.json"
 )
 
-// MaxSocketPathLen is the longest path a unix socket address holds: 108
-// bytes with the terminating NUL.
-const MaxSocketPathLen = 107
-
 // Config is what the DRA driver needs. The caller fills it (DefaultConfig
 // gives the defaults) and New checks it.
 type Config struct {
@@ -138,9 +134,9 @@ func (c *Config) Validate() error {
 		if !filepath.IsAbs(d.dir) {
 			return kubeplugin.Invalid(d.field, "%s is not absolute: the kubelet resolves the socket path outside this container", d.dir)
 		}
-		if n := len(d.sock); n > MaxSocketPathLen {
+		if n := len(d.sock); n > kubeplugin.MaxSocketPathLen {
 			return kubeplugin.Invalid(d.field, "%s makes the socket path %s %d bytes long, more than the %d a unix socket address holds",
-				d.dir, d.sock, n, MaxSocketPathLen)
+				d.dir, d.sock, n, kubeplugin.MaxSocketPathLen)
 		}
 	}
 	if c.SysfsRoot == "" {

@@ -59,7 +59,6 @@ func DeviceName(pci string) string {
 // inventory is a node snapshot as the DRA driver serves it: the devices to
 // publish and, by device name, the GPU behind each.
 type inventory struct {
-	node      *node.Snapshot
 	byName    map[string]*node.GPU
 	resources resourceslice.DriverResources
 }
@@ -99,7 +98,7 @@ func (r *pcieRoots) forget(s *node.Snapshot) {
 // so that the scheduler does not pick it and the pods that have it see
 // why), in PCI order.
 func newInventory(s *node.Snapshot, c *Config, roots *pcieRoots) *inventory {
-	inv := &inventory{node: s, byName: make(map[string]*node.GPU, len(s.GPUs))}
+	inv := &inventory{byName: make(map[string]*node.GPU, len(s.GPUs))}
 	devices := make([]resourceapi.Device, 0, len(s.GPUs))
 	for _, g := range s.GPUs {
 		d := device(g, c, roots.of(g.PCIAddress()))

@@ -3,6 +3,7 @@ package dra
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -116,8 +117,8 @@ func TestCheckpoint(t *testing.T) {
 	t.Run("what is saved loads back, and the file is 0600", func(t *testing.T) {
 		c := newCkpt(t)
 		cs := claims{"uid-1": {Namespace: "ns", Name: "a", Devices: []preparedDevice{{
-			Request: "gpu", Pool: "node-1", Device: "gpu-0000-03-00-0", PCIAddress: "0000:03:00.0",
-			CDIDevices: []string{"intel.com/gpu=0000:03:00.0"}, ShareID: ptr.To(types.UID("s1")), Shares: 2,
+			Request: "gpu", Pool: "node-1", Device: "gpu-0000-03-00-1", PCIAddress: "0000:03:00.1", PF: "0000:03:00.0",
+			CDIDevices: []string{"intel.com/gpu=0000:03:00.1"}, ShareID: ptr.To(types.UID("s1")), Shares: 2, Admin: true,
 		}}}}
 		if err := c.save(cs); err != nil {
 			t.Fatal(err)
@@ -126,7 +127,9 @@ func TestCheckpoint(t *testing.T) {
 		if err != nil || note != "" {
 			t.Fatalf("load: %v %q", err, note)
 		}
-		if len(got) != 1 || !got["uid-1"].equal(cs["uid-1"]) {
+		// Every field set, and compared apart from equal, which is under
+		// test too.
+		if !reflect.DeepEqual(got, cs) || !got["uid-1"].equal(cs["uid-1"]) {
 			t.Errorf("loaded %+v, want %+v", got, cs)
 		}
 		fi, err := os.Stat(c.path)

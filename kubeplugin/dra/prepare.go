@@ -44,7 +44,9 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, cls []*resourceapi.R
 		}
 		out[claim.UID] = pc.result()
 	}
-	if len(changed) == 0 && sameKeys(next, d.prepared) {
+	// next gains a claim only when changed says so; otherwise it can only
+	// have lost stale holders, which its size shows.
+	if len(changed) == 0 && len(next) == len(d.prepared) {
 		return out, nil
 	}
 	if err := d.ckpt.save(next); err != nil {
@@ -56,15 +58,6 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, cls []*resourceapi.R
 	}
 	d.setPrepared(next)
 	return out, nil
-}
-
-func sameKeys(a, b claims) bool {
-	for k := range a {
-		if _, ok := b[k]; !ok {
-			return false
-		}
-	}
-	return len(a) == len(b)
 }
 
 // prepareClaim works out one claim's devices. cs is the working set of

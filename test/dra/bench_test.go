@@ -2,29 +2,16 @@ package dra_test
 
 import (
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	resourceapi "k8s.io/api/resource/v1"
 
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/bench"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/dratest"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
-
-// reportLatencies adds p50 and p99 of the samples to the benchmark output.
-func reportLatencies(b *testing.B, samples []time.Duration, unit string, scale time.Duration) {
-	if len(samples) == 0 {
-		return
-	}
-	slices.Sort(samples)
-	pct := func(p float64) float64 {
-		return float64(samples[int(p*float64(len(samples)-1))]) / float64(scale)
-	}
-	b.ReportMetric(pct(0.50), "p50-"+unit)
-	b.ReportMetric(pct(0.99), "p99-"+unit)
-}
 
 // BenchmarkPrepare is one NodePrepareResources of a new claim for one GPU,
 // as the kubelet makes it over the DRA socket: the helper reads the claim
@@ -53,7 +40,7 @@ func BenchmarkPrepare(b *testing.B) {
 		b.StartTimer()
 	}
 	b.StopTimer()
-	reportLatencies(b, samples, "µs", time.Microsecond)
+	bench.ReportLatencies(b, samples, "µs", time.Microsecond)
 }
 
 // BenchmarkHotplugToResourceSlice is the time from a GPU being complete on
@@ -82,5 +69,5 @@ func BenchmarkHotplugToResourceSlice(b *testing.B) {
 		b.StartTimer()
 	}
 	b.StopTimer()
-	reportLatencies(b, samples, "ms", time.Millisecond)
+	bench.ReportLatencies(b, samples, "ms", time.Millisecond)
 }

@@ -143,14 +143,21 @@ func TestTheManifestObjectsAndExamplesUseWhatTheDriverPublishes(t *testing.T) {
 			"a claim asks for DeviceClass %s, which is not shipped", name)
 	}
 	require.NotEmpty(t, exprs)
+	refs := 0
 	for _, e := range exprs {
 		for _, m := range attrRef.FindAllStringSubmatch(e, -1) {
+			refs++
 			assert.True(t, published[m[1]+"/"+m[2]], "%q uses %s/%s, which the driver does not publish", e, m[1], m[2])
 		}
 	}
+	// The loops below check what the shipped files hold: none would be
+	// no check at all.
+	assert.NotZero(t, refs, "no CEL expression reads a device attribute")
+	require.NotEmpty(t, tolerations, "no claim tolerates the unhealthy taint")
 	for _, tol := range tolerations {
 		assert.Equal(t, "gpu.intel.com/unhealthy", tol.Key)
 	}
+	require.NotEmpty(t, capacityRequests, "no claim asks for capacity")
 	for _, c := range capacityRequests {
 		assert.True(t, capacities[c], "a claim asks for capacity %s, which is not published", c)
 	}

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/drakubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/dratest"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 )
@@ -27,15 +28,18 @@ const (
 func TestRegistersWithTheKubeletAfterTheSpecIsOnDisk(t *testing.T) {
 	r := startRig(t, []func(*fakenode.Node) error{fakenode.DiscreteXe})
 	require.Error(t, r.plugin.Driver.Ready(), "ready before the kubelet accepted the registration")
+	// The driver registers only after the node's first snapshot, which it
+	// gets once the spec holding it is on disk. Checked the moment the
+	// registration socket appears: after the registration, a spec written
+	// late would be there too.
+	require.NoError(t, drakubelet.WaitSocket(r.ctx(), r.cfg().RegistrationSocket()))
+	assert.True(t, specDevices(t, r.root)["0000:03:00.0"], "the registration socket is there before the spec holding the GPU")
 	k := r.register()
 	assert.Equal(t, registerapi.DRAPlugin, k.Info.Type)
 	assert.Equal(t, "gpu.intel.com", k.Info.Name)
 	assert.Equal(t, r.cfg().DRASocket(), k.Info.Endpoint)
 	assert.Contains(t, k.Info.SupportedVersions, "v1.DRAPlugin")
 	assert.NoError(t, r.plugin.Driver.Ready())
-	// The driver registers only after the node's first snapshot, which it
-	// gets once the spec holding it is on disk.
-	assert.True(t, specDevices(t, r.root)["0000:03:00.0"], "the spec on disk lacks the GPU")
 }
 
 func TestPrepareAnswersWithTheCDINamesOfTheNodesSpec(t *testing.T) {

@@ -8,11 +8,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -92,13 +92,6 @@ type Option func(*Config)
 
 func WithSharedDevNum(n int) Option           { return func(c *Config) { c.DRA.SharedDevNum = n } }
 func WithHealthResend(d time.Duration) Option { return func(c *Config) { c.DRA.HealthResend = d } }
-func WithDebounce(d time.Duration) Option     { return func(c *Config) { c.Node.Debounce = d } }
-func WithResyncPeriod(d time.Duration) Option { return func(c *Config) { c.Node.ResyncPeriod = d } }
-func WithDriverName(name string) Option       { return func(c *Config) { c.DRA.DriverName = name } }
-func WithLogger(l *slog.Logger) Option        { return func(c *Config) { c.Node.Logger, c.DRA.Logger = l, l } }
-func WithKubeletDirs(registrar, plugins string) Option {
-	return func(c *Config) { c.DRA.RegistrarDir, c.DRA.PluginsDir = registrar, plugins }
-}
 
 // Plugin is a node and its DRA driver.
 type Plugin struct {
@@ -108,9 +101,9 @@ type Plugin struct {
 }
 
 // New builds both for a fake node rooted at sys and dev, with client as
-// the API server. The kubelet directories default to a fresh directory
-// under root (short enough for socket paths); the spec directory to
-// root/cdi.
+// the API server. The kubelet directories are root/plugins_registry and
+// root/plugins (root must be short enough for socket paths), the spec
+// directory root/cdi.
 func New(root, sys, dev string, client *fake.Clientset, opts ...Option) (*Plugin, error) {
 	b, err := spec.NewBuilder()
 	if err != nil {
@@ -204,15 +197,7 @@ func Devices(ctx context.Context, c *fake.Clientset, driver string) ([]resourcea
 
 func devicesOf(items []resourceapi.ResourceSlice, driver string) []resourceapi.Device {
 	items = slices.Clone(items)
-	slices.SortFunc(items, func(a, b resourceapi.ResourceSlice) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(items, func(a, b resourceapi.ResourceSlice) int { return strings.Compare(a.Name, b.Name) })
 	var out []resourceapi.Device
 	for _, s := range items {
 		if s.Spec.Driver == driver && s.Spec.NodeName != nil && *s.Spec.NodeName == NodeName {

@@ -13,22 +13,10 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/deviceplugin"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/node"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/bench"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
 )
-
-// reportLatencies adds p50 and p99 of the samples to the benchmark output.
-func reportLatencies(b *testing.B, samples []time.Duration, unit string, scale time.Duration) {
-	if len(samples) == 0 {
-		return
-	}
-	slices.Sort(samples)
-	pct := func(p float64) float64 {
-		return float64(samples[int(p*float64(len(samples)-1))]) / float64(scale)
-	}
-	b.ReportMetric(pct(0.50), "p50-"+unit)
-	b.ReportMetric(pct(0.99), "p99-"+unit)
-}
 
 // BenchmarkAllocate is one Allocate of one device through the plugin's real
 // unix socket, as the kubelet makes it.
@@ -48,7 +36,7 @@ func BenchmarkAllocate(b *testing.B) {
 		samples = append(samples, time.Since(start))
 	}
 	b.StopTimer()
-	reportLatencies(b, samples, "µs", time.Microsecond)
+	bench.ReportLatencies(b, samples, "µs", time.Microsecond)
 }
 
 // rescans counts the node's rescans; it is the only observer of the
@@ -121,8 +109,8 @@ func BenchmarkHotplugToListAndWatch(b *testing.B) {
 				removeRescans += settle(before)
 			}
 			b.StopTimer()
-			reportLatencies(b, adds, "add-ms", time.Millisecond)
-			reportLatencies(b, removes, "remove-ms", time.Millisecond)
+			bench.ReportLatencies(b, adds, "add-ms", time.Millisecond)
+			bench.ReportLatencies(b, removes, "remove-ms", time.Millisecond)
 			b.ReportMetric(float64(addRescans)/float64(b.N), "rescans/add")
 			b.ReportMetric(float64(removeRescans)/float64(b.N), "rescans/remove")
 		})
@@ -148,7 +136,7 @@ func BenchmarkStartToRegistered64(b *testing.B) {
 		b.StartTimer()
 	}
 	b.StopTimer()
-	reportLatencies(b, samples, "ms", time.Millisecond)
+	bench.ReportLatencies(b, samples, "ms", time.Millisecond)
 }
 
 // BenchmarkKubeletRestartToReregistered is the time from a kubelet restart
@@ -169,7 +157,7 @@ func BenchmarkKubeletRestartToReregistered(b *testing.B) {
 		samples = append(samples, time.Since(start))
 	}
 	b.StopTimer()
-	reportLatencies(b, samples, "ms", time.Millisecond)
+	bench.ReportLatencies(b, samples, "ms", time.Millisecond)
 }
 
 // BenchmarkWedgeUeventToListAndWatch is the time from the kernel's DRM
@@ -207,6 +195,6 @@ func BenchmarkWedgeUeventToListAndWatch(b *testing.B) {
 		backs = append(backs, time.Since(start))
 	}
 	b.StopTimer()
-	reportLatencies(b, outs, "unhealthy-ms", time.Millisecond)
-	reportLatencies(b, backs, "healthy-ms", time.Millisecond)
+	bench.ReportLatencies(b, outs, "unhealthy-ms", time.Millisecond)
+	bench.ReportLatencies(b, backs, "healthy-ms", time.Millisecond)
 }

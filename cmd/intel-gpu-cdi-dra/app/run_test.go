@@ -75,14 +75,20 @@ func TestTheCommandServesUntilItsContextEnds(t *testing.T) {
 
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
-	k, err := drakubelet.Register(wctx, filepath.Join(registry, "gpu.intel.com-reg.sock"))
+	regSock := filepath.Join(registry, "gpu.intel.com-reg.sock")
+	if err := drakubelet.WaitSocket(wctx, regSock); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	// Checked the moment the socket appears: later, a spec written after
+	// it would be there too.
+	if _, err := os.Stat(filepath.Join(root, "cdi", "intel.com-gpu.json")); err != nil {
+		t.Errorf("registered without the spec on disk: %v", err)
+	}
+	k, err := drakubelet.Register(wctx, regSock)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr.String())
 	}
 	defer k.Close()
-	if _, err := os.Stat(filepath.Join(root, "cdi", "intel.com-gpu.json")); err != nil {
-		t.Errorf("registered without the spec on disk: %v", err)
-	}
 	if _, err := dratest.WaitDevices(wctx, client, "gpu.intel.com", "both GPUs", func(d []resourceapi.Device) bool { return len(d) == 2 }); err != nil {
 		t.Fatal(err)
 	}
