@@ -16,6 +16,12 @@ import (
 // did not answer.
 var reconcileBackoff = retry.Backoff{Duration: time.Second, Factor: 2, Cap: time.Minute}
 
+// reconcileGap is the least time between two reconciliations. Each asks
+// the API server about every prepared claim, through the client's rate
+// limit that Prepare's claim reads share: with pods coming and going, the
+// Unprepares of a gap are checked together, once.
+var reconcileGap = 2 * time.Second
+
 // reconcileSoon asks for a reconciliation; requests made while one waits
 // are one.
 func (d *Driver) reconcileSoon() {
@@ -27,8 +33,9 @@ func (d *Driver) reconcileSoon() {
 
 // reconcileLoop drops checkpointed claims that no longer exist, when asked:
 // at start (claims deleted while the plugin was down are never unprepared
-// by the kubelet, which no longer knows them) and after every Unprepare
-// (a claim whose Prepare the kubelet retried after its Unprepare).
+// by the kubelet, which no longer knows them) and after Unprepares (a
+// claim whose Prepare the kubelet retried after its Unprepare), at most
+// once per reconcileGap.
 func (d *Driver) reconcileLoop(ctx context.Context) {
 	for {
 		select {
@@ -40,6 +47,14 @@ func (d *Driver) reconcileLoop(ctx context.Context) {
 			func(err error, next time.Duration) {
 				d.log.Warn("checking prepared claims against the API server; retrying", "err", err, "in", next)
 			})
+		// Requests made meanwhile wait in d.reconcile and are one.
+		gap := time.NewTimer(reconcileGap)
+		select {
+		case <-ctx.Done():
+			gap.Stop()
+			return
+		case <-gap.C:
+		}
 	}
 }
 
