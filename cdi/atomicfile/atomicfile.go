@@ -49,11 +49,10 @@ func writeTempFrom(dir, pattern string, write func(io.Writer) error, perm fs.Fil
 }
 
 // Write replaces path with data, atomically. The temporary file is named
-// by pattern in path's directory; check, when not nil, reads it before the
-// rename and can refuse it. On any error path is left as it was and no
-// temporary file remains.
-func Write(path, pattern string, data []byte, perm fs.FileMode, check func(tmp string) error) error {
-	return WriteFrom(path, pattern, writeAll(data), perm, check)
+// by pattern in path's directory. On any error path is left as it was and
+// no temporary file remains.
+func Write(path, pattern string, data []byte, perm fs.FileMode) error {
+	return WriteFrom(path, pattern, writeAll(data), perm)
 }
 
 func writeAll(data []byte) func(io.Writer) error {
@@ -64,17 +63,11 @@ func writeAll(data []byte) func(io.Writer) error {
 }
 
 // WriteFrom is Write of what write writes to the temporary file.
-func WriteFrom(path, pattern string, write func(io.Writer) error, perm fs.FileMode, check func(tmp string) error) error {
+func WriteFrom(path, pattern string, write func(io.Writer) error, perm fs.FileMode) error {
 	dir := filepath.Dir(path)
 	tmp, err := writeTempFrom(dir, pattern, write, perm)
 	if err != nil {
 		return err
-	}
-	if check != nil {
-		if err := check(tmp); err != nil {
-			os.Remove(tmp)
-			return err
-		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)

@@ -104,7 +104,7 @@ func WriteEncodedFrom(path string, encode func(io.Writer) error) error {
 	if err := mkdirAll(dir, dirMode); err != nil {
 		return fmt.Errorf("creating CDI spec directory %s: %w", dir, err)
 	}
-	err := atomicfile.WriteFrom(path, tempPrefix+filepath.Base(path)+".*", encode, Mode, nil)
+	err := atomicfile.WriteFrom(path, tempPrefix+filepath.Base(path)+".*", encode, Mode)
 	if err != nil {
 		return fmt.Errorf("writing CDI spec %s: %w", path, err)
 	}

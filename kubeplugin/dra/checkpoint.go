@@ -148,5 +148,5 @@ func (c *checkpoint) save(cs claims) error {
 	if err != nil {
 		return fmt.Errorf("encoding checkpoint: %w", err)
 	}
-	return atomicfile.Write(c.path, checkpointTempPrefix+"*", data, checkpointMode, nil)
+	return atomicfile.Write(c.path, checkpointTempPrefix+"*", data, checkpointMode)
 }

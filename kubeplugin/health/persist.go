@@ -206,7 +206,7 @@ func (m *Monitor) saveState(s snapshot) {
 		m.log.Warn("cannot write the health state file", "path", path, "err", err)
 		return
 	}
-	if err := atomicfile.Write(path, ".health-state-*", s.data, 0o644, nil); err != nil {
+	if err := atomicfile.Write(path, ".health-state-*", s.data, 0o644); err != nil {
 		m.log.Warn("cannot write the health state file", "path", path, "err", err)
 		return
 	}

@@ -142,7 +142,7 @@ func (w *Writer) sync(data []byte) error {
 		}
 		return nil
 	}
-	return atomicfile.Write(w.path, tempPrefix+"*", data, 0o644, nil)
+	return atomicfile.Write(w.path, tempPrefix+"*", data, 0o644)
 }
 
 // cleanTemp removes temporary files a crashed run left behind.
