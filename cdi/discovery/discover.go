@@ -94,7 +94,9 @@ func (s *Scanner) Scan() (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolving DRM class directory %s: %w", dir, err)
 	}
-	outs := s.readCards(realDir, cards)
+	dirs := scanDirs{class: openDir(realDir), dri: openDir(s.driDir)}
+	defer dirs.close()
+	outs := s.readCards(dirs, cards)
 
 	res := &Result{Devices: make([]Device, 0, len(cards))}
 	// A PCI function is one device: its address is its CDI name and its
@@ -128,6 +130,19 @@ type cardOut struct {
 	err error
 }
 
+// scanDirs are the directories whose entries a scan reads for every card,
+// each opened once (O_PATH), so that reading an entry is a lookup of its
+// own name, not a walk of its whole path from the root: on a node of 512
+// GPUs those walks were a third of a scan's time. A directory that cannot
+// be opened is read by whole paths, so what is missing is reported as
+// before.
+type scanDirs struct{ class, dri attrDir }
+
+func (d scanDirs) close() {
+	d.class.close()
+	d.dri.close()
+}
+
 // parallelFrom is the number of cards from which a scan spreads over
 // several goroutines; below it the goroutines cost more than they save.
 const parallelFrom = 16
@@ -135,10 +150,10 @@ const parallelFrom = 16
 // readCards reads every card, on up to GOMAXPROCS goroutines for a big
 // node: reading sysfs is syscall-bound, and each card's files are its own.
 // The result is in the order of cards whatever the goroutines' order.
-func (s *Scanner) readCards(classDir string, cards []card) []cardOut {
+func (s *Scanner) readCards(dirs scanDirs, cards []card) []cardOut {
 	outs := make([]cardOut, len(cards))
 	read := func(i int) {
-		d, err := s.readCard(classDir, cards[i].name, cards[i].index)
+		d, err := s.readCard(dirs, cards[i].name, cards[i].index)
 		outs[i] = cardOut{d, err}
 	}
 	workers := min(runtime.GOMAXPROCS(0), len(cards)/parallelFrom)
@@ -164,25 +179,13 @@ func (s *Scanner) readCards(classDir string, cards []card) []cardOut {
 }
 
 // readCard reads one class/drm/cardN entry.
-func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
-	cardDir, err := resolveCard(classDir, name)
+func (s *Scanner) readCard(dirs scanDirs, name string, index int) (*Device, error) {
+	cardDir, fn, err := openFunction(dirs.class, name)
 	if err != nil {
 		return nil, err
-	}
-	// The kernel links cardN to a device named cardN; a link to another
-	// card would hand that card out twice under two names.
-	if filepath.Base(cardDir) != name {
-		return nil, fmt.Errorf("%s leads to %s, not to %s", filepath.Join(classDir, name), cardDir, name)
-	}
-	fnDir, err := functionDir(cardDir)
-	if err != nil {
-		return nil, err
-	}
-	fn, err := openAttrDir(fnDir)
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", fnDir, err)
 	}
 	defer fn.close()
+	fnDir := fn.dir
 
 	raw, err := fn.readAttr("vendor")
 	if errors.Is(err, fs.ErrNotExist) {
@@ -246,7 +249,12 @@ func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
 		return nil, err
 	}
 
-	major, minor, err := readDevAttr(cwd, join(cardDir, "dev"))
+	// The card's dev attribute, by the shortest lookup that names it.
+	cardAt, devName := cwd, join(cardDir, "dev")
+	if inFn := "drm/" + name; cardDir == fn.path(inFn) {
+		cardAt, devName = fn, inFn+"/dev"
+	}
+	major, minor, err := readDevAttr(cardAt, devName)
 	if err != nil {
 		return nil, err
 	}
@@ -265,9 +273,9 @@ func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
 		d.Render, d.RenderNode = render, &n
 	}
 
-	d.Ready, d.Reason = s.checkNodes(d)
+	d.Ready, d.Reason = checkNodes(dirs.dri, d)
 	if d.Ready {
-		d.ByPath = s.byPathLinks(d)
+		d.ByPath = byPathLinks(dirs.dri, d)
 	}
 	switch {
 	case d.Driver == "":
@@ -279,30 +287,67 @@ func (s *Scanner) readCard(classDir, name string, index int) (*Device, error) {
 	return d, nil
 }
 
-// resolveCard follows class/drm/<name> to the card's directory in the
-// device tree. The kernel's links there are relative ("../../devices/
-// pci0000:00/0000:00:02.0/drm/card0"), climb out of class/drm and then only
-// descend through real directories, so a readlink joined to the real class
-// directory finds the card, and one lstat proves it is there. Any other link
-// (absolute, ".." further in, a chain of links, a loop, a vanished target) or
-// an entry that is no link at all goes through filepath.EvalSymlinks, which
+// openFunction follows class/drm/<name> to the card's directory in the
+// device tree and opens the PCI function that owns it. The kernel's links
+// there are relative ("../../devices/pci0000:00/0000:00:02.0/drm/card0"),
+// climb out of class/drm and then only descend through real directories,
+// so a readlink joined to the real class directory finds the card: the
+// function is opened, and one lstat of drm/<name> in it proves the card is
+// there. Any other link (absolute, ".." further in, a chain of links, a
+// loop, a vanished target, a card outside a drm directory) or an entry
+// that is no link at all goes through filepath.EvalSymlinks, which
 // resolves it exactly or reports what is wrong.
-func resolveCard(classDir, name string) (string, error) {
-	link := filepath.Join(classDir, name)
-	if target, err := readlink(link); err == nil && !filepath.IsAbs(target) {
-		rest := target
-		for strings.HasPrefix(rest, "../") {
-			rest = rest[len("../"):]
-		}
-		if rest != ".." && !strings.HasPrefix(rest, "../") && !strings.Contains("/"+rest+"/", "/../") {
-			p := filepath.Join(classDir, target)
+func openFunction(class attrDir, name string) (string, attrDir, error) {
+	if cardDir, ok := plainCardLink(class, name); ok {
+		if fn, err := openAttrDir(filepath.Dir(filepath.Dir(cardDir))); err == nil {
 			var st unix.Stat_t
-			if unix.Lstat(p, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				return p, nil
+			if unix.Fstatat(fn.fd, "drm/"+name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				return cardDir, fn, nil
 			}
+			fn.close()
 		}
 	}
-	return resolve(link)
+	link := class.path(name)
+	cardDir, err := resolve(link)
+	if err != nil {
+		return "", attrDir{}, err
+	}
+	// The kernel links cardN to a device named cardN; a link to another
+	// card would hand that card out twice under two names.
+	if filepath.Base(cardDir) != name {
+		return "", attrDir{}, fmt.Errorf("%s leads to %s, not to %s", link, cardDir, name)
+	}
+	fnDir, err := functionDir(cardDir)
+	if err != nil {
+		return "", attrDir{}, err
+	}
+	fn, err := openAttrDir(fnDir)
+	if err != nil {
+		return "", attrDir{}, fmt.Errorf("reading %s: %w", fnDir, err)
+	}
+	return cardDir, fn, nil
+}
+
+// plainCardLink reads class/drm/<name> and returns the card directory it
+// names when the link has the kernel's form: relative, only leading "..",
+// and ending in drm/<name>.
+func plainCardLink(class attrDir, name string) (string, bool) {
+	target, err := class.readlink(name)
+	if err != nil || filepath.IsAbs(target) {
+		return "", false
+	}
+	rest := target
+	for strings.HasPrefix(rest, "../") {
+		rest = rest[len("../"):]
+	}
+	if rest == ".." || strings.HasPrefix(rest, "../") || strings.Contains("/"+rest+"/", "/../") {
+		return "", false
+	}
+	cardDir := filepath.Join(class.dir, target)
+	if filepath.Base(cardDir) != name || filepath.Base(filepath.Dir(cardDir)) != "drm" {
+		return "", false
+	}
+	return cardDir, true
 }
 
 // resolve follows a symlink to what it names. Symlink loops and vanished
@@ -439,6 +484,15 @@ type attrDir struct {
 
 var cwd = attrDir{fd: unix.AT_FDCWD}
 
+// openDir opens dir as an attrDir, or, when it cannot be opened, returns
+// one that reads by whole paths below it.
+func openDir(dir string) attrDir {
+	if d, err := openAttrDir(dir); err == nil {
+		return d
+	}
+	return attrDir{fd: unix.AT_FDCWD, dir: dir}
+}
+
 func openAttrDir(dir string) (attrDir, error) {
 	var fd int
 	err := ignoringEINTR(func() (err error) {
@@ -451,10 +505,23 @@ func openAttrDir(dir string) (attrDir, error) {
 	return attrDir{fd: fd, dir: dir}, nil
 }
 
-func (d attrDir) close() { unix.Close(d.fd) }
+func (d attrDir) close() {
+	if d.fd != unix.AT_FDCWD {
+		unix.Close(d.fd)
+	}
+}
 
 // path is the path of the entry name, for messages.
 func (d attrDir) path(name string) string { return join(d.dir, name) }
+
+// at is what names the entry name to the kernel: the name itself relative
+// to the descriptor, or its whole path when there is no descriptor.
+func (d attrDir) at(name string) string {
+	if d.fd == unix.AT_FDCWD {
+		return join(d.dir, name)
+	}
+	return name
+}
 
 // readAttr reads a small sysfs attribute. The error names the file and
 // keeps fs.ErrNotExist visible to errors.Is.
@@ -470,7 +537,7 @@ func (d attrDir) readAttr(name string) (string, error) {
 	err := ignoringEINTR(func() (err error) {
 		// O_NONBLOCK: a FIFO where an attribute belongs would block a
 		// plain open forever; sysfs attributes ignore the flag.
-		fd, err = unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		fd, err = unix.Openat(d.fd, d.at(name), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 		return err
 	})
 	if err != nil {
@@ -524,15 +591,13 @@ func (e *attrError) Error() string {
 // readlink is os.Readlink (same errors) for the short links of sysfs,
 // read into a buffer on the stack; a target that might not fit goes to
 // os.Readlink.
-func readlink(p string) (string, error) { return cwd.readlink(p) }
-
 func (d attrDir) readlink(name string) (string, error) {
 	var (
 		buf [256]byte
 		n   int
 	)
 	err := ignoringEINTR(func() (err error) {
-		n, err = unix.Readlinkat(d.fd, name, buf[:])
+		n, err = unix.Readlinkat(d.fd, d.at(name), buf[:])
 		return err
 	})
 	switch {
@@ -554,7 +619,7 @@ func readDirNames(dir string) ([]string, error) { return cwd.readDirNames(dir) }
 func (d attrDir) readDirNames(name string) ([]string, error) {
 	var fd int
 	err := ignoringEINTR(func() (err error) {
-		fd, err = unix.Openat(d.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err = unix.Openat(d.fd, d.at(name), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		return err
 	})
 	if err != nil {
@@ -616,25 +681,25 @@ func (s *Scanner) node(name string, major, minor uint32) Node {
 	}
 }
 
-// checkNodes verifies that each node of d exists below the dev root as a
+// checkNodes verifies that each node of d exists in dri (<dev-root>/dri) as a
 // char device with the numbers sysfs gives, and points HostPath at the real
 // node when the dev-root entry is a symlink.
-func (s *Scanner) checkNodes(d *Device) (bool, string) {
-	if reason := checkNode(&d.CardNode); reason != "" {
+func checkNodes(dri attrDir, d *Device) (bool, string) {
+	if reason := checkNode(dri, &d.CardNode); reason != "" {
 		return false, reason
 	}
 	if d.RenderNode != nil {
-		if reason := checkNode(d.RenderNode); reason != "" {
+		if reason := checkNode(dri, d.RenderNode); reason != "" {
 			return false, reason
 		}
 	}
 	return true, ""
 }
 
-func checkNode(n *Node) string {
+func checkNode(dri attrDir, n *Node) string {
 	p := n.HostPath
 	var st unix.Stat_t
-	if err := unix.Lstat(p, &st); err != nil {
+	if err := unix.Fstatat(dri.fd, dri.at(filepath.Base(p)), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Sprintf("device node %s: %v", p, err)
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
@@ -660,7 +725,7 @@ func checkNode(n *Node) string {
 // byPathLinks returns the GPU's udev by-path links that exist and lead to
 // its own nodes (same char device numbers). Names are built exactly; a prefix match would let
 // 0000:00:02.0 claim the links of 0000:00:02.1's neighbours.
-func (s *Scanner) byPathLinks(d *Device) []Link {
+func byPathLinks(dri attrDir, d *Device) []Link {
 	var links []Link
 	for _, n := range d.Nodes() {
 		suffix := "-card"
@@ -668,9 +733,9 @@ func (s *Scanner) byPathLinks(d *Device) []Link {
 			suffix = "-render"
 		}
 		name := "pci-" + d.PCIAddress + suffix
-		host := join(s.driDir, "by-path/"+name)
+		host := dri.path("by-path/" + name)
 		var st unix.Stat_t
-		if unix.Stat(host, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR ||
+		if unix.Fstatat(dri.fd, dri.at("by-path/"+name), &st, 0) != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR ||
 			unix.Major(st.Rdev) != n.Major || unix.Minor(st.Rdev) != n.Minor {
 			continue
 		}

@@ -364,6 +364,39 @@ func TestScanSRIOV(t *testing.T) {
 	})
 }
 
+// A scan reads /dev/dri through one descriptor. Where no directory can be
+// opened it reads whole paths, and each GPU is listed, not ready, with
+// what the kernel said of its node's path.
+func TestScanWithoutADRIDirectoryListsEveryGPUNotReady(t *testing.T) {
+	for name, want := range map[string]string{"missing": "no such file or directory", "a file": "not a directory"} {
+		t.Run(name, func(t *testing.T) {
+			n := fakenode.NewT(t)
+			apply(t, n, fakenode.IGPU, gpu(fakenode.GPU{Card: 1, PCI: "0000:03:00.0"}))
+			dri := filepath.Join(n.Dev, "dri")
+			must(t, os.RemoveAll(dri))
+			if name == "a file" {
+				writeFile(t, dri, "")
+			}
+			scanWithoutDRI(t, n, want)
+		})
+	}
+}
+
+func scanWithoutDRI(t *testing.T, n *fakenode.Node, errno string) {
+	t.Helper()
+	res := scan(t, n)
+	if len(res.Devices) != 2 || len(res.Skipped) != 0 {
+		t.Fatalf("devices %d, skipped %v; want both GPUs listed", len(res.Devices), res.Skipped)
+	}
+	for _, card := range []string{"card0", "card1"} {
+		d := device(t, res, card)
+		want := filepath.Join(n.Dev, "dri", card) + ": " + errno
+		if d.Ready || !strings.Contains(d.Reason, want) {
+			t.Errorf("%s: ready %v, reason %q; want not ready, naming %q", card, d.Ready, d.Reason, want)
+		}
+	}
+}
+
 func TestScanReadiness(t *testing.T) {
 	// Each case breaks the /dev side of card0 (an IGPU) and names what
 	// the reason must say. card0's sysfs is left intact, so the GPU is
