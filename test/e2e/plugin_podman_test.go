@@ -13,6 +13,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 // TestPluginAllocationsReachRealPodman runs the plugin binary on a fake
@@ -29,11 +30,7 @@ func TestPluginAllocationsReachRealPodman(t *testing.T) {
 	// Demo: i915 card0 at 0000:00:02.0, i915 card1 at 0000:03:00.0, xe card2 at 0000:07:00.0.
 	n := fakenode.NewT(t, fakenode.WithMode(fakenode.Mknod))
 	n.MustApply(t, fakenode.Demo)
-	sockDir, err := os.MkdirTemp("", "e2e-kubelet")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sockDir := testenv.SocketDir(t)
 	kubelet, err := fakekubelet.Start(sockDir)
 	if err != nil {
 		t.Fatal(err)

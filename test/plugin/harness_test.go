@@ -15,6 +15,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 // waitFor bounds every wait in these tests. It is a deadline for a hang,
@@ -134,15 +135,8 @@ func specDir(t testing.TB) string {
 	return filepath.Join(t.TempDir(), "cdi")
 }
 
-// shortTempDir returns a directory with a path short enough for unix
-// sockets (108 bytes), removed when the test ends.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "kp")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+// shortTempDir is testenv.SocketDir.
+func shortTempDir(t testing.TB) string { return testenv.SocketDir(t) }
 
 // scannerOf reads a fake node.
 func scannerOf(n *fakenode.Node) *discovery.Scanner {

@@ -7,7 +7,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -291,9 +290,7 @@ func stopCLI(t *testing.T, cancel context.CancelFunc, done <-chan error, log fmt
 func TestTheCLIServesMetricsAndKeepsNFDLabelsUntilItStops(t *testing.T) {
 	node := fakenode.NewT(t)
 	node.MustApply(t, fakenode.Demo)
-	sockDir, err := os.MkdirTemp("", "kp")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sockDir := shortTempDir(t)
 	k, err := fakekubelet.Start(sockDir)
 	require.NoError(t, err)
 	t.Cleanup(k.Stop)

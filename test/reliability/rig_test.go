@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 // waitFor bounds every wait: a deadline for a hang, not a speed goal.
@@ -138,17 +138,8 @@ type rigConfig struct {
 	noStart  bool
 }
 
-// shortTempDir returns a directory with a path short enough for unix
-// sockets (108 bytes), removed when the test ends.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "rel")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+// shortTempDir is testenv.SocketDir.
+func shortTempDir(t testing.TB) string { return testenv.SocketDir(t) }
 
 func newRig(t testing.TB, c rigConfig) *rig {
 	t.Helper()

@@ -3,6 +3,7 @@ package testenv_test
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -64,5 +65,34 @@ func checkChild(t *testing.T, run string, env ...string) {
 		if !strings.Contains(string(out), tt.want) {
 			t.Errorf("CI=%q: want %q in\n%s", tt.ci, tt.want, out)
 		}
+	}
+}
+
+// A fake kubelet's directory has a parent of its own, which the plugin
+// watches, and a path a socket in it can have.
+func TestSocketDirHasAParentOfItsOwn(t *testing.T) {
+	var dir string
+	t.Run("made", func(t *testing.T) {
+		dir = testenv.SocketDir(t)
+		fi, err := os.Stat(dir)
+		if err != nil || !fi.IsDir() {
+			t.Fatalf("%s: not a directory (%v)", dir, err)
+		}
+		parent := filepath.Dir(dir)
+		if parent == filepath.Clean(os.TempDir()) {
+			t.Fatalf("%s is directly in the temporary directory", dir)
+		}
+		entries, err := os.ReadDir(parent)
+		if err != nil || len(entries) != 1 {
+			t.Fatalf("parent %s holds %d entries (%v), want only %s", parent, len(entries), err, dir)
+		}
+		// kubelet.sock and the plugins' sockets, such as
+		// intel-gpu-cdi-i915.sock, must fit in sun_path.
+		if n := len(filepath.Join(dir, "intel-gpu-cdi-i915.sock")); n >= 108 {
+			t.Fatalf("a socket path in %s is %d bytes, more than a unix socket takes", dir, n)
+		}
+	})
+	if _, err := os.Stat(filepath.Dir(dir)); !os.IsNotExist(err) {
+		t.Errorf("%s is still there after the test (%v)", filepath.Dir(dir), err)
 	}
 }
