@@ -132,8 +132,8 @@ type cardOut struct {
 
 // scanDirs are the directories whose entries a scan reads for every card,
 // each opened once (O_PATH), so that reading an entry is a lookup of its
-// own name, not a walk of its whole path from the root: on a node of 512
-// GPUs those walks were a third of a scan's time. A directory that cannot
+// own name, not a walk of its whole path from the root (a scan of a fake
+// node of 512 GPUs: 26-30 CPU-ms, 31-33 before). A directory that cannot
 // be opened is read by whole paths, so what is missing is reported as
 // before.
 type scanDirs struct{ class, dri attrDir }
@@ -310,20 +310,20 @@ func openFunction(class attrDir, name string) (string, attrDir, error) {
 	link := class.path(name)
 	cardDir, err := resolve(link)
 	if err != nil {
-		return "", attrDir{}, err
+		return "", noDir, err
 	}
 	// The kernel links cardN to a device named cardN; a link to another
 	// card would hand that card out twice under two names.
 	if filepath.Base(cardDir) != name {
-		return "", attrDir{}, fmt.Errorf("%s leads to %s, not to %s", link, cardDir, name)
+		return "", noDir, fmt.Errorf("%s leads to %s, not to %s", link, cardDir, name)
 	}
 	fnDir, err := functionDir(cardDir)
 	if err != nil {
-		return "", attrDir{}, err
+		return "", noDir, err
 	}
 	fn, err := openAttrDir(fnDir)
 	if err != nil {
-		return "", attrDir{}, fmt.Errorf("reading %s: %w", fnDir, err)
+		return "", noDir, fmt.Errorf("reading %s: %w", fnDir, err)
 	}
 	return cardDir, fn, nil
 }
@@ -493,6 +493,9 @@ func openDir(dir string) attrDir {
 	return attrDir{fd: unix.AT_FDCWD, dir: dir}
 }
 
+// noDir is the attrDir of a failed open: closing it closes nothing.
+var noDir = attrDir{fd: -1}
+
 func openAttrDir(dir string) (attrDir, error) {
 	var fd int
 	err := ignoringEINTR(func() (err error) {
@@ -500,13 +503,13 @@ func openAttrDir(dir string) (attrDir, error) {
 		return err
 	})
 	if err != nil {
-		return attrDir{}, &fs.PathError{Op: "open", Path: dir, Err: err}
+		return noDir, &fs.PathError{Op: "open", Path: dir, Err: err}
 	}
 	return attrDir{fd: fd, dir: dir}, nil
 }
 
 func (d attrDir) close() {
-	if d.fd != unix.AT_FDCWD {
+	if d.fd >= 0 {
 		unix.Close(d.fd)
 	}
 }

@@ -668,6 +668,104 @@ func TestScanSurvivesBrokenLinks(t *testing.T) {
 	}
 }
 
+// The scan's short cut takes a class link of the kernel's form straight to
+// its function; these trees look like that form and are not it, so each
+// must come out as the full resolution says, and no scan may leave a
+// descriptor open, whichever way it went.
+func TestScanShortCutTakesOnlyTheKernelsForm(t *testing.T) {
+	igpuFn := func(t *testing.T, n *fakenode.Node) string { return fnDir(t, n, "0000:00:02.0") }
+	relink := func(t *testing.T, n *fakenode.Node, card, target string) {
+		link := filepath.Join(n.Sys, "class", "drm", card)
+		must(t, os.Remove(link))
+		must(t, os.Symlink(target, link))
+	}
+	tests := []struct {
+		name  string
+		build func(t *testing.T, n *fakenode.Node)
+		check func(t *testing.T, res *discovery.Result)
+	}{
+		{
+			name: "a card directory that is a symlink in its function is refused",
+			build: func(t *testing.T, n *fakenode.Node) {
+				c := filepath.Join(igpuFn(t, n), "drm", "card0")
+				must(t, os.Rename(c, c+".real"))
+				must(t, os.Symlink("card0.real", c))
+			},
+			check: func(t *testing.T, res *discovery.Result) {
+				wantSkipped(t, res, "card0", "leads to")
+			},
+		},
+		{
+			name: "a link to another card of the same function is refused",
+			build: func(t *testing.T, n *fakenode.Node) {
+				// card1 names 0000:00:02.0's card0, whose function has a
+				// drm/card1 as well.
+				must(t, os.Mkdir(filepath.Join(igpuFn(t, n), "drm", "card1"), 0o755))
+				relink(t, n, "card1", "../../devices/pci0000:00/0000:00:02.0/drm/card0")
+			},
+			check: func(t *testing.T, res *discovery.Result) {
+				wantSkipped(t, res, "card1", "leads to")
+			},
+		},
+		{
+			name: "a card outside a drm directory belongs to the function its device link names",
+			build: func(t *testing.T, n *fakenode.Node) {
+				// card0 moves to 0000:00:02.0/gfx/card0 with a device link
+				// to 0000:03:00.0; 0000:00:02.0 keeps a drm/card0.
+				fn := igpuFn(t, n)
+				gfx := filepath.Join(fn, "gfx", "card0")
+				must(t, os.MkdirAll(gfx, 0o755))
+				data, err := os.ReadFile(filepath.Join(fn, "drm", "card0", "dev"))
+				must(t, err)
+				writeFile(t, filepath.Join(gfx, "dev"), string(data))
+				other, err := filepath.Rel(gfx, fnDir(t, n, "0000:03:00.0"))
+				must(t, err)
+				must(t, os.Symlink(other, filepath.Join(gfx, "device")))
+				relink(t, n, "card0", "../../devices/pci0000:00/0000:00:02.0/gfx/card0")
+			},
+			check: func(t *testing.T, res *discovery.Result) {
+				if d := device(t, res, "card0"); d.PCIAddress != "0000:03:00.0" {
+					t.Errorf("card0 is %s, want 0000:03:00.0, which its device link names", d.PCIAddress)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := fakenode.NewT(t)
+			apply(t, n, fakenode.IGPU, gpu(fakenode.GPU{Card: 1, PCI: "0000:03:00.0"}))
+			tt.build(t, n)
+			before := openDescriptors(t)
+			res := scan(t, n)
+			if after := openDescriptors(t); after != before {
+				t.Errorf("%d descriptors open after the scan, %d before", after, before)
+			}
+			tt.check(t, res)
+		})
+	}
+}
+
+func wantSkipped(t *testing.T, res *discovery.Result, card, reason string) {
+	t.Helper()
+	for _, s := range res.Skipped {
+		if s.Name == card {
+			if !strings.Contains(s.Reason, reason) {
+				t.Errorf("%s skipped for %q, want a reason with %q", card, s.Reason, reason)
+			}
+			return
+		}
+	}
+	t.Errorf("%s not skipped; usable %v, skipped %v", card, cards(res.Usable()), res.Skipped)
+}
+
+// openDescriptors counts this process's open file descriptors.
+func openDescriptors(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	must(t, err)
+	return len(entries)
+}
+
 func TestScanResolvesEveryFormOfClassLink(t *testing.T) {
 	// The kernel's class/drm links are relative and climb straight into
 	// devices/; discovery takes a short cut for those. Every other form
