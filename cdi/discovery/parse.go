@@ -139,3 +139,106 @@ func IsPCIAddress(s string) bool {
 	dev, _ := strconv.ParseUint(s[8:10], 16, 8)
 	return dev <= 0x1f && s[11] <= '7'
 }
+
+// PCIUevent is what the uevent attribute of a PCI function says of it:
+// the PCI core writes PCI_ID (vendor:device) and PCI_CLASS, and the driver
+// core DRIVER while a driver is bound. A scan reads it instead of the
+// vendor, device and class attributes and the driver link: one file, not
+// four. Absent keys are "".
+type PCIUevent struct {
+	// ID is PCI_ID's value, "8086:56A0"; "" on a device that is not a PCI
+	// function (a platform framebuffer, say).
+	ID string
+	// Class is PCI_CLASS's value, the 24-bit class code without its
+	// leading zeros: "30000".
+	Class string
+	// Driver is DRIVER's value: "i915".
+	Driver string
+}
+
+// ParsePCIUevent parses a uevent attribute: KEY=VALUE lines, each ended by
+// a newline. Keys other than PCI_ID, PCI_CLASS and DRIVER are skipped; no
+// line at all, a line without "=" or one of those three keys given twice
+// is malformed: the device a DRM card hangs off is on a bus, whose uevent
+// always says so.
+func ParsePCIUevent(s string) (PCIUevent, error) {
+	var u PCIUevent
+	if s == "" {
+		return u, fmt.Errorf("want KEY=VALUE lines, got none")
+	}
+	seen := 0
+	for rest := s; rest != ""; {
+		line, tail, ok := strings.Cut(rest, "\n")
+		if !ok {
+			return PCIUevent{}, fmt.Errorf("want KEY=VALUE lines ended by a newline, got %s", quote(rest))
+		}
+		rest = tail
+		key, value, ok := strings.Cut(line, "=")
+		if !ok || key == "" {
+			return PCIUevent{}, fmt.Errorf("want KEY=VALUE, got %s", quote(line))
+		}
+		var dst *string
+		bit := 0
+		switch key {
+		case "PCI_ID":
+			dst, bit = &u.ID, 1
+		case "PCI_CLASS":
+			dst, bit = &u.Class, 2
+		case "DRIVER":
+			dst, bit = &u.Driver, 4
+		default:
+			continue
+		}
+		if seen&bit != 0 {
+			return PCIUevent{}, fmt.Errorf("%s given twice", key)
+		}
+		if value == "" {
+			return PCIUevent{}, fmt.Errorf("%s is empty", key)
+		}
+		if bit == 4 && !plainName(value) {
+			return PCIUevent{}, fmt.Errorf("DRIVER: want a driver's name, got %s", quote(value))
+		}
+		seen |= bit
+		*dst = value
+	}
+	return u, nil
+}
+
+// VendorDevice splits ID into the vendor and device IDs in the form the
+// vendor and device attributes have: "0x8086", "0x56a0".
+func (u PCIUevent) VendorDevice() (vendor, device string, err error) {
+	v, d, ok := strings.Cut(u.ID, ":")
+	if ok {
+		if vendor, err = ParseHexID("0x"+v, 4); err == nil {
+			device, err = ParseHexID("0x"+d, 4)
+		}
+	}
+	if !ok || err != nil {
+		return "", "", fmt.Errorf("PCI_ID: want VVVV:DDDD in hex, got %s", quote(u.ID))
+	}
+	return vendor, device, nil
+}
+
+// ClassCode returns PCI_CLASS in the form the class attribute has:
+// "0x030000".
+func (u PCIUevent) ClassCode() (string, error) {
+	if n := len(u.Class); n == 0 || n > 6 {
+		return "", fmt.Errorf("PCI_CLASS: want 1 to 6 hex digits, got %s", quote(u.Class))
+	}
+	class, err := ParseHexID("0x"+strings.Repeat("0", 6-len(u.Class))+u.Class, 6)
+	if err != nil {
+		return "", fmt.Errorf("PCI_CLASS: want 1 to 6 hex digits, got %s", quote(u.Class))
+	}
+	return class, nil
+}
+
+// plainName reports whether s is a name as the kernel gives drivers:
+// printable ASCII, no space or slash.
+func plainName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || c == '/' {
+			return false
+		}
+	}
+	return true
+}

@@ -205,3 +205,71 @@ func errMatches(t *testing.T, err error, want string) bool {
 	}
 	return want == ""
 }
+
+func TestParsePCIUevent(t *testing.T) {
+	// As the kernel writes them: the driver core's DRIVER first, then the
+	// PCI core's keys; MODALIAS and PCI_SUBSYS_ID are skipped.
+	const dgpu = "DRIVER=xe\nPCI_CLASS=38000\nPCI_ID=8086:E20B\nPCI_SUBSYS_ID=8086:1100\n" +
+		"PCI_SLOT_NAME=0000:03:00.0\nMODALIAS=pci:v00008086d0000E20Bsv00008086sd00001100bc03sc80i00\n"
+	tests := []struct {
+		name                          string
+		in                            string
+		vendor, device, class, driver string
+		wantErr                       string
+	}{
+		{name: "a bound discrete GPU", in: dgpu, vendor: "0x8086", device: "0xe20b", class: "0x038000", driver: "xe"},
+		{name: "an unbound function", in: "PCI_CLASS=30000\nPCI_ID=8086:46A6\n", vendor: "0x8086", device: "0x46a6", class: "0x030000"},
+		{name: "a class code with all its digits", in: "PCI_CLASS=030000\nPCI_ID=8086:46a6\n", vendor: "0x8086", device: "0x46a6", class: "0x030000"},
+		{name: "a platform device has no PCI keys", in: "DRIVER=simple-framebuffer\nMODALIAS=platform:simple-framebuffer\n", driver: "simple-framebuffer"},
+		{name: "an empty file", in: "", wantErr: "got none"},
+		{name: "a line without =", in: "PCI_ID=8086:46A6\nPCI_CLASS\n", wantErr: "want KEY=VALUE"},
+		{name: "a last line without its newline", in: "PCI_ID=8086:46A6", wantErr: "ended by a newline"},
+		{name: "a key given twice", in: "DRIVER=i915\nDRIVER=xe\n", wantErr: "DRIVER given twice"},
+		{name: "an empty value", in: "PCI_ID=\n", wantErr: "PCI_ID is empty"},
+		{name: "a driver that is a path", in: "DRIVER=../../i915\n", wantErr: "want a driver's name"},
+		{name: "a driver with a space", in: "DRIVER=i 915\n", wantErr: "want a driver's name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, err := discovery.ParsePCIUevent(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one with %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.Driver != tt.driver {
+				t.Errorf("driver %q, want %q", u.Driver, tt.driver)
+			}
+			if tt.vendor == "" {
+				if u.ID != "" || u.Class != "" {
+					t.Errorf("PCI_ID %q, PCI_CLASS %q; want neither", u.ID, u.Class)
+				}
+				return
+			}
+			vendor, device, err := u.VendorDevice()
+			if err != nil || vendor != tt.vendor || device != tt.device {
+				t.Errorf("VendorDevice() = %q, %q, %v; want %q, %q", vendor, device, err, tt.vendor, tt.device)
+			}
+			if class, err := u.ClassCode(); err != nil || class != tt.class {
+				t.Errorf("ClassCode() = %q, %v; want %q", class, err, tt.class)
+			}
+		})
+	}
+}
+
+func TestPCIUeventRefusesMalformedIDs(t *testing.T) {
+	for _, id := range []string{"8086", "8086:", ":56A0", "80866:56A0", "8086:56A", "intel:56a0", "8086:56A0:1"} {
+		if _, _, err := (discovery.PCIUevent{ID: id}).VendorDevice(); err == nil || !strings.Contains(err.Error(), "PCI_ID") {
+			t.Errorf("PCI_ID %q: error %v, want one naming PCI_ID", id, err)
+		}
+	}
+	for _, class := range []string{"", "3000000", "3z000", "-30000", " 30000"} {
+		if _, err := (discovery.PCIUevent{Class: class}).ClassCode(); err == nil || !strings.Contains(err.Error(), "PCI_CLASS") {
+			t.Errorf("PCI_CLASS %q: error %v, want one naming PCI_CLASS", class, err)
+		}
+	}
+}
