@@ -187,19 +187,16 @@ func (s *Scanner) readCard(dirs scanDirs, name string, index int) (*Device, erro
 	defer fn.close()
 	fnDir := fn.dir
 
-	ue, err := readUevent(fn)
+	raw, err := fn.readAttr("vendor")
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, notOurs("not a PCI device: %s has no uevent file", fnDir)
+		return nil, notOurs("not a PCI device: %s has no vendor file", fnDir)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if ue.ID == "" {
-		return nil, notOurs("not a PCI device: the uevent of %s has no PCI_ID", fnDir)
-	}
-	vendor, device, err := ue.VendorDevice()
+	vendor, err := ParseHexID(raw, 4)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", fn.path("uevent"), err)
+		return nil, fmt.Errorf("%s: %w", fn.path("vendor"), err)
 	}
 	if vendor != IntelVendorID {
 		return nil, notOurs("vendor %s is not Intel", vendor)
@@ -210,9 +207,9 @@ func (s *Scanner) readCard(dirs scanDirs, name string, index int) (*Device, erro
 		return nil, notOurs("%s is not a PCI function", fnDir)
 	}
 
-	class, err := ue.ClassCode()
+	class, err := readHexAttr(fn, "class", 6)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", fn.path("uevent"), err)
+		return nil, err
 	}
 	if !strings.HasPrefix(class, "0x03") {
 		return nil, notOurs("PCI class %s of %s is not a display controller", class, addr)
@@ -223,16 +220,26 @@ func (s *Scanner) readCard(dirs scanDirs, name string, index int) (*Device, erro
 		CardIndex:  index,
 		PCIAddress: addr,
 		VendorID:   vendor,
-		DeviceID:   device,
 		Class:      class,
-		Driver:     ue.Driver,
 		NUMANode:   -1,
 		SRIOV:      SRIOV{Role: RoleNone},
 	}
-	// No DRIVER: the card is still listed but no driver holds the
-	// function; the GPU is there and unusable until a driver binds again.
-	if d.Driver != "" && d.Driver != DriverI915 && d.Driver != DriverXe {
-		return nil, notOurs("%s is bound to %s, not i915 or xe", addr, d.Driver)
+	if d.DeviceID, err = readHexAttr(fn, "device", 4); err != nil {
+		return nil, err
+	}
+
+	target, err := fn.readlink("driver")
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// The card is still listed but no driver holds the function: the
+		// GPU is there and unusable until a driver binds again.
+	case err != nil:
+		return nil, fmt.Errorf("reading driver link %s: %w", fn.path("driver"), err)
+	default:
+		d.Driver = filepath.Base(target)
+		if d.Driver != DriverI915 && d.Driver != DriverXe {
+			return nil, notOurs("%s is bound to %s, not i915 or xe", addr, d.Driver)
+		}
 	}
 
 	if err := readNUMA(fn, d); err != nil {
@@ -437,6 +444,18 @@ func readCount(d attrDir, name string) (int, error) {
 	return n, nil
 }
 
+func readHexAttr(d attrDir, name string, digits int) (string, error) {
+	raw, err := d.readAttr(name)
+	if err != nil {
+		return "", err
+	}
+	v, err := ParseHexID(raw, digits)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", d.path(name), err)
+	}
+	return v, nil
+}
+
 func readDevAttr(d attrDir, name string) (uint32, uint32, error) {
 	raw, err := d.readAttr(name)
 	if err != nil {
@@ -450,11 +469,11 @@ func readDevAttr(d attrDir, name string) (uint32, uint32, error) {
 }
 
 // maxAttr bounds what is read of one attribute; every attribute this
-// package reads but uevent (maxUevent) is a few bytes.
+// package reads is a few bytes.
 const maxAttr = 64
 
 // attrDir is a directory whose entries are read by name, relative to a
-// descriptor opened once (O_PATH): a scan reads nine entries of every PCI
+// descriptor opened once (O_PATH): a scan reads ten entries of every PCI
 // function, and joining each one's full path and copying it for the
 // kernel was half of what a scan allocated. A path is joined only for an
 // error that is printed. cwd reads names that are paths.
@@ -511,36 +530,12 @@ func (d attrDir) at(name string) string {
 // keeps fs.ErrNotExist visible to errors.Is.
 //
 // It makes raw syscalls rather than going through os.File, which spends
-// several more (fcntl, epoll) per file: a scan opens six attributes per
+// several more (fcntl, epoll) per file: a scan opens eight attributes per
 // card. One read suffices: sysfs hands out an attribute whole on the first
 // read, and a regular file (a fake tree) reads short only at its end.
 func readAttr(p string) (string, error) { return cwd.readAttr(p) }
 
 func (d attrDir) readAttr(name string) (string, error) {
-	var buf [maxAttr + 1]byte
-	return d.readUpTo(name, buf[:])
-}
-
-// maxUevent bounds what is read of a uevent attribute: a PCI function's
-// is a few hundred bytes.
-const maxUevent = 1024
-
-// readUevent reads and parses the uevent attribute of a PCI function.
-func readUevent(fn attrDir) (PCIUevent, error) {
-	var buf [maxUevent + 1]byte
-	raw, err := fn.readUpTo("uevent", buf[:])
-	if err != nil {
-		return PCIUevent{}, err
-	}
-	u, err := ParsePCIUevent(raw)
-	if err != nil {
-		return PCIUevent{}, fmt.Errorf("%s: %w", fn.path("uevent"), err)
-	}
-	return u, nil
-}
-
-// readUpTo reads an attribute of at most len(buf)-1 bytes.
-func (d attrDir) readUpTo(name string, buf []byte) (string, error) {
 	var fd int
 	err := ignoringEINTR(func() (err error) {
 		// O_NONBLOCK: a FIFO where an attribute belongs would block a
@@ -552,16 +547,19 @@ func (d attrDir) readUpTo(name string, buf []byte) (string, error) {
 		return "", &attrError{pathError{"open", d.dir, name, err}}
 	}
 	defer unix.Close(fd)
-	var n int
+	var (
+		buf [maxAttr + 1]byte
+		n   int
+	)
 	err = ignoringEINTR(func() (err error) {
-		n, err = unix.Read(fd, buf)
+		n, err = unix.Read(fd, buf[:])
 		return err
 	})
 	switch {
 	case err != nil:
 		return "", &attrError{pathError{"read", d.dir, name, err}}
-	case n >= len(buf):
-		return "", fmt.Errorf("reading %s: longer than %d bytes", d.path(name), len(buf)-1)
+	case n > maxAttr:
+		return "", fmt.Errorf("reading %s: longer than %d bytes", d.path(name), maxAttr)
 	}
 	return string(buf[:n]), nil
 }

@@ -525,19 +525,15 @@ func TestScanSkipsAGPUWithAMalformedFile(t *testing.T) {
 		content string // "" with dir set replaces the file by a directory
 		dir     bool
 	}{
-		{name: "a vendor ID with five digits", file: "uevent", content: uevent("PCI_ID=80866:46A6")},
-		{name: "a vendor ID that is a word", file: "uevent", content: uevent("PCI_ID=intel:46A6")},
-		{name: "a PCI_ID without a colon", file: "uevent", content: uevent("PCI_ID=808646A6")},
-		{name: "a device ID that is not hex", file: "uevent", content: uevent("PCI_ID=8086:46Z6")},
-		{name: "a class code that is not hex", file: "uevent", content: uevent("PCI_ID=8086:46A6", "PCI_CLASS=3z000")},
-		{name: "a class code of seven digits", file: "uevent", content: uevent("PCI_ID=8086:46A6", "PCI_CLASS=3000000")},
-		{name: "a uevent without PCI_CLASS", file: "uevent", content: uevent("PCI_ID=8086:46A6")},
-		{name: "a PCI_ID given twice", file: "uevent", content: uevent("PCI_ID=8086:46A6", "PCI_CLASS=30000", "PCI_ID=8086:56A0")},
-		{name: "a uevent line that is not KEY=VALUE", file: "uevent", content: uevent("PCI_ID=8086:46A6", "PCI_CLASS=30000", "garbage")},
-		{name: "a uevent cut off in its last line", file: "uevent", content: "PCI_ID=8086:46A6\nPCI_CLASS=30000"},
-		{name: "a DRIVER that is a path", file: "uevent", content: uevent("DRIVER=../i915", "PCI_ID=8086:46A6", "PCI_CLASS=30000")},
-		{name: "a uevent longer than any uevent", file: "uevent", content: uevent("PCI_ID=8086:46A6", "PCI_CLASS=30000", strings.Repeat("X", 1100))},
-		{name: "a uevent that is a directory", file: "uevent", dir: true},
+		{name: "a vendor ID with five digits", file: "vendor", content: "0x80866\n"},
+		{name: "a vendor file with a word", file: "vendor", content: "intel\n"},
+		{name: "an empty vendor file", file: "vendor", content: ""},
+		{name: "a vendor file longer than any attribute", file: "vendor", content: strings.Repeat("0x8086", 20)},
+		{name: "a vendor that is a directory", file: "vendor", dir: true},
+		{name: "a device ID that is not hex", file: "device", content: "0x46z6\n"},
+		{name: "a missing device file", file: "device"},
+		{name: "a class code cut short", file: "class", content: "0x03\n"},
+		{name: "a missing class file", file: "class"},
 		{name: "a card dev file without a colon", file: "drm/card0/dev", content: "226\n"},
 		{name: "a card dev file with a word", file: "drm/card0/dev", content: "drm:card\n"},
 		{name: "a missing card dev file", file: "drm/card0/dev"},
@@ -561,7 +557,7 @@ func TestScanSkipsAGPUWithAMalformedFile(t *testing.T) {
 				must(t, os.Mkdir(p, 0o755))
 			case isLink:
 				must(t, os.Symlink(target, p))
-			case tt.content != "":
+			case tt.content != "" || tt.file == "vendor":
 				writeFile(t, p, tt.content)
 			}
 
@@ -578,54 +574,6 @@ func TestScanSkipsAGPUWithAMalformedFile(t *testing.T) {
 		})
 	}
 }
-
-// The scan takes a function's identity and driver from its uevent, as
-// the kernel keeps it, not from the vendor, device and class files or the
-// driver link: these trees make the two disagree.
-func TestScanTakesIdentityFromTheUevent(t *testing.T) {
-	tests := []struct {
-		name    string
-		uevent  string
-		ignored string // the reason card0 is ignored with, or
-		reason  string // the reason card0 is listed not usable with
-		device  string // the device ID card0 is listed with
-	}{
-		{name: "another vendor", uevent: uevent("DRIVER=i915", "PCI_CLASS=30000", "PCI_ID=1002:744C"), ignored: "vendor 0x1002 is not Intel"},
-		{name: "another class", uevent: uevent("DRIVER=i915", "PCI_CLASS=20000", "PCI_ID=8086:46A6"), ignored: "PCI class 0x020000 of 0000:00:02.0"},
-		{name: "another driver", uevent: uevent("DRIVER=vfio-pci", "PCI_CLASS=30000", "PCI_ID=8086:46A6"), ignored: "bound to vfio-pci"},
-		{name: "no PCI_ID", uevent: uevent("DRIVER=i915"), ignored: "has no PCI_ID"},
-		{name: "no DRIVER", uevent: uevent("PCI_CLASS=30000", "PCI_ID=8086:46A6"), reason: "no driver bound to 0000:00:02.0"},
-		{name: "another device ID", uevent: uevent("DRIVER=i915", "PCI_CLASS=30000", "PCI_ID=8086:56A0"), device: "0x56a0"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			n := fakenode.NewT(t)
-			apply(t, n, fakenode.IGPU, gpu(fakenode.GPU{Card: 1, PCI: "0000:03:00.0"}))
-			writeFile(t, filepath.Join(fnDir(t, n, "0000:00:02.0"), "uevent"), tt.uevent)
-			res := scan(t, n)
-			if got := cards(res.Usable()); tt.device == "" && !slices.Equal(got, []string{"card1"}) {
-				t.Errorf("usable %v, want [card1]", got)
-			}
-			switch {
-			case tt.ignored != "":
-				if len(res.Ignored) != 1 || res.Ignored[0].Name != "card0" || !strings.Contains(res.Ignored[0].Reason, tt.ignored) {
-					t.Errorf("ignored %v, want card0 for %q", res.Ignored, tt.ignored)
-				}
-			case tt.reason != "":
-				if d := device(t, res, "card0"); d.Usable() || d.Reason != tt.reason {
-					t.Errorf("card0 usable %v, reason %q; want not usable, %q", d.Usable(), d.Reason, tt.reason)
-				}
-			default:
-				if d := device(t, res, "card0"); !d.Usable() || d.DeviceID != tt.device {
-					t.Errorf("card0 usable %v, device %s; want usable, %s", d.Usable(), d.DeviceID, tt.device)
-				}
-			}
-		})
-	}
-}
-
-// uevent is a PCI function's uevent attribute of these lines.
-func uevent(lines ...string) string { return strings.Join(lines, "\n") + "\n" }
 
 func TestScanSurvivesBrokenLinks(t *testing.T) {
 	tests := []struct {
@@ -686,15 +634,13 @@ func TestScanSurvivesBrokenLinks(t *testing.T) {
 			wantUsable:  []string{"card1"},
 		},
 		{
-			name: "a uevent that is a link loop is skipped",
+			name: "a driver link loop is read as a link, never followed",
 			breakIt: func(t *testing.T, n *fakenode.Node) {
-				p := filepath.Join(fnDir(t, n, "0000:00:02.0"), "uevent")
+				p := filepath.Join(fnDir(t, n, "0000:00:02.0"), "driver")
 				must(t, os.Remove(p))
-				must(t, os.Symlink("uevent", p))
+				must(t, os.Symlink("driver", p))
 			},
-			wantSkipped: "card0",
-			wantReason:  "0000:00:02.0/uevent",
-			wantUsable:  []string{"card1"},
+			wantUsable: []string{"card1"},
 		},
 	}
 	for _, tt := range tests {
@@ -875,7 +821,7 @@ func TestScanOfManyGPUsKeepsCardOrder(t *testing.T) {
 	// Big nodes are read on several goroutines; the result must not show it.
 	n := fakenode.NewT(t)
 	apply(t, n, func(n *fakenode.Node) error { return fakenode.Many(n, 70) })
-	must(t, os.WriteFile(filepath.Join(fnDir(t, n, fakenode.ManyPCI(33)), "uevent"), []byte("bad\n"), 0o644))
+	must(t, os.WriteFile(filepath.Join(fnDir(t, n, fakenode.ManyPCI(33)), "vendor"), []byte("bad\n"), 0o644))
 	res := scan(t, n)
 	if len(res.Devices) != 69 || len(res.Skipped) != 1 || res.Skipped[0].Name != "card33" {
 		t.Fatalf("%d devices, skipped %v; want 69 and card33", len(res.Devices), res.Skipped)

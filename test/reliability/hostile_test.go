@@ -173,11 +173,11 @@ func TestHostileSysfs(t *testing.T) {
 			want: skipped, reason: "class/drm/card0",
 		},
 		{
-			name: "the uevent attribute is a link to itself",
+			name: "the vendor attribute is a link to itself",
 			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
-				replaceWith(t, filepath.Join(fn, "uevent"), symlinkTo("uevent"))
+				replaceWith(t, filepath.Join(fn, "vendor"), symlinkTo("vendor"))
 			},
-			want: skipped, reason: brokenPCI + "/uevent",
+			want: skipped, reason: brokenPCI + "/vendor",
 		},
 		{
 			name: "the physfn link loops on itself",
@@ -187,12 +187,11 @@ func TestHostileSysfs(t *testing.T) {
 			want: skipped, reason: brokenPCI + "/physfn",
 		},
 		{
-			// The driver is read from the uevent; the link is never followed.
 			name: "the driver link loops on itself",
 			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
 				replaceWith(t, filepath.Join(fn, "driver"), symlinkTo("driver"))
 			},
-			want: usable,
+			want: ignored, reason: "driver",
 		},
 		{
 			name: "the card's device node is a link to itself",
@@ -225,8 +224,8 @@ func TestHostileSysfs(t *testing.T) {
 		},
 		{
 			name:    "the function's attributes are gone, its drm folder is not",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { os.Remove(filepath.Join(fn, "uevent")) },
-			want:    ignored, reason: "no uevent file",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { os.Remove(filepath.Join(fn, "vendor")) },
+			want:    ignored, reason: "no vendor file",
 		},
 		{
 			name:    "the card's dev file is gone",
@@ -248,9 +247,9 @@ func TestHostileSysfs(t *testing.T) {
 
 		// Files no kernel makes in sysfs, which would block a plain open.
 		{
-			name:    "the uevent attribute is a FIFO",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(fn, "uevent"), fifo) },
-			want:    skipped, reason: brokenPCI + "/uevent",
+			name:    "the vendor attribute is a FIFO",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { replaceWith(t, filepath.Join(fn, "vendor"), fifo) },
+			want:    skipped, reason: brokenPCI + "/vendor",
 		},
 		{
 			name: "the card's dev attribute is a FIFO",
@@ -279,20 +278,30 @@ func TestHostileSysfs(t *testing.T) {
 			want: skipped, reason: brokenPCI + "/numa_node",
 		},
 		{
-			name: "the uevent attribute is a megabyte",
+			name: "the vendor attribute is a megabyte",
 			breakIt: func(t testing.TB, n *fakenode.Node, fn string) {
-				replaceWith(t, filepath.Join(fn, "uevent"), func(p string) error {
-					return os.WriteFile(p, []byte(strings.Repeat("PCI_ID=8086:46A6\n", 1<<16)), 0o644)
+				replaceWith(t, filepath.Join(fn, "vendor"), func(p string) error {
+					return os.WriteFile(p, []byte(strings.Repeat("0x8086\n", 1<<17)), 0o644)
 				})
 			},
-			want: skipped, reason: brokenPCI + "/uevent",
+			want: skipped, reason: brokenPCI + "/vendor",
 		},
 
 		// Unreadable files.
 		{
-			name:    "an unreadable uevent attribute",
-			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { chmod(0)(t, filepath.Join(fn, "uevent")) },
-			want:    skipped, reason: brokenPCI + "/uevent: permission denied", as: withoutDACOverride,
+			name:    "an unreadable vendor attribute",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { chmod(0)(t, filepath.Join(fn, "vendor")) },
+			want:    skipped, reason: brokenPCI + "/vendor: permission denied", as: withoutDACOverride,
+		},
+		{
+			name:    "an unreadable device attribute",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { chmod(0)(t, filepath.Join(fn, "device")) },
+			want:    skipped, reason: brokenPCI + "/device: permission denied", as: withoutDACOverride,
+		},
+		{
+			name:    "an unreadable class attribute",
+			breakIt: func(t testing.TB, n *fakenode.Node, fn string) { chmod(0)(t, filepath.Join(fn, "class")) },
+			want:    skipped, reason: brokenPCI + "/class: permission denied", as: withoutDACOverride,
 		},
 		{
 			name:    "an unreadable numa_node attribute",
