@@ -100,10 +100,12 @@ type Config struct {
 
 // Sample is what one run measured.
 type Sample struct {
-	Start      time.Duration // process started → ready
-	AfterStart Mem
-	AfterCalls Mem
-	Latencies  []time.Duration // sorted
+	Start time.Duration // process started → ready
+	// StartFaults is the minor page faults the process took by ready.
+	StartFaults int64
+	AfterStart  Mem
+	AfterCalls  Mem
+	Latencies   []time.Duration // sorted
 }
 
 // Run starts c on env, measures it and stops it. A run whose process exits
@@ -154,6 +156,9 @@ func Run(ctx context.Context, c Candidate, env *Env, cfg Config) (s Sample, err 
 	}
 	defer sess.Close()
 	s.Start = time.Since(begin)
+	if s.StartFaults, err = ReadFaults(cmd.Process.Pid); err != nil {
+		return fail("reading page faults", err)
+	}
 	if st, ok := sess.(Settler); ok {
 		sctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 		err := st.Settle(sctx)

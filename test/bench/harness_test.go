@@ -85,6 +85,34 @@ func TestReadMemOfThisProcess(t *testing.T) {
 	}
 }
 
+func TestReadFaultsCountsPagesThisProcessTouches(t *testing.T) {
+	const pages = 64
+	mem, err := syscall.Mmap(-1, 0, pages*os.Getpagesize(), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(mem)
+	before, err := ReadFaults(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := range pages {
+		mem[p*os.Getpagesize()] = 1
+	}
+	after, err := ReadFaults(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every page of a fresh private mapping faults once when first
+	// written; other goroutines may add a few of their own.
+	if after-before < pages {
+		t.Errorf("faults %d -> %d after writing %d new pages, want at least %d more", before, after, pages, pages)
+	}
+	if _, err := ReadFaults(-1); err == nil {
+		t.Error("ReadFaults of no process did not fail")
+	}
+}
+
 func TestMedianAndTable(t *testing.T) {
 	f := Figure{Name: "start", Unit: "ms", Of: func(s Sample) float64 { return float64(s.Start) / float64(time.Millisecond) }}
 	ms := func(v ...int) []Sample {

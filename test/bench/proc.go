@@ -39,6 +39,35 @@ func ReadMem(pid int) (Mem, error) {
 	return m, nil
 }
 
+// ReadFaults reads the minor page faults a process has taken so far
+// (minflt, the tenth field of /proc/<pid>/stat). Each is a page the
+// kernel mapped for it: on a virtual machine whose page faults go through
+// the hypervisor they are a large part of a start (BENCHMARKS.md, "At the
+// floor, part 5").
+func ReadFaults(pid int) (int64, error) {
+	path := fmt.Sprintf("/proc/%d/stat", pid)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	// The command name, second field, is in parentheses and may hold
+	// spaces and parentheses itself: count fields after the last ')'.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s: no command name in %q", path, data)
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	const minflt = 10 - 3 // field 10, counting from the state, field 3
+	if len(fields) <= minflt {
+		return 0, fmt.Errorf("%s: %d fields after the command name, want more than %d", path, len(fields), minflt)
+	}
+	n, err := strconv.ParseInt(fields[minflt], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: minflt: %w", path, err)
+	}
+	return n, nil
+}
+
 // readKB reads "Key:   123 kB" lines of a proc file and returns the keys
 // asked for in bytes; a key that is missing is an error.
 func readKB(path string, keys ...string) (map[string]int64, error) {

@@ -41,6 +41,7 @@ func Figures(calls int, call, ready string) []Figure {
 		{call + " p50", "µs", pct(0.50)},
 		{call + " p99", "µs", pct(0.99)},
 		{"start -> " + ready, "ms", func(s Sample) float64 { return float64(s.Start) / float64(time.Millisecond) }},
+		{"  minor page faults by then", "faults", func(s Sample) float64 { return float64(s.StartFaults) }},
 	}
 }
 
@@ -91,6 +92,8 @@ func format(v float64, unit string) string {
 		return fmt.Sprintf("%.1f MiB", v)
 	case "µs":
 		return fmt.Sprintf("%.0f µs", v)
+	case "faults":
+		return fmt.Sprintf("%.0f", v)
 	default:
 		return fmt.Sprintf("%.1f %s", v, unit)
 	}
