@@ -20,6 +20,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 // demoI915 are the i915 GPUs of fakenode.Demo.
@@ -91,7 +92,7 @@ func TestRemovingAndRecreatingTheKubeletSocketDirIsSeen(t *testing.T) {
 // kubelet has made its directory: the plugin waits for it instead of
 // creating it or failing, and registers once the kubelet is there.
 func TestTheKubeletSocketDirNeedNotExistAtStart(t *testing.T) {
-	parent := shortTempDir(t)
+	parent := testenv.SocketDir(t)
 	dir := filepath.Join(parent, "dp")
 	n := fakenode.NewT(t)
 	n.MustApply(t, fakenode.IGPU)
@@ -237,7 +238,7 @@ func TestThePluginRefusesASpecPathHoldingSomethingElse(t *testing.T) {
 			require.NoError(t, tc.make(path))
 			before, err := os.Lstat(path)
 			require.NoError(t, err)
-			p, err := plugintest.New(plugintest.WithScanner(scannerOf(n)), plugintest.WithCDISpecDir(dir), plugintest.WithKubeletSocketDir(shortTempDir(t)))
+			p, err := plugintest.New(plugintest.WithScanner(scannerOf(n)), plugintest.WithCDISpecDir(dir), plugintest.WithKubeletSocketDir(testenv.SocketDir(t)))
 			require.NoError(t, err)
 			err = p.Run(ctxWithin(t, waitFor))
 			require.Error(t, err)

@@ -45,7 +45,7 @@ func startRig(t testing.TB, fixtures []func(*fakenode.Node) error, opts ...plugi
 // startRigOn starts a fake kubelet and the plugin on an existing node.
 func startRigOn(t testing.TB, node *fakenode.Node, opts ...plugintest.Option) *rig {
 	t.Helper()
-	sockDir := shortTempDir(t)
+	sockDir := testenv.SocketDir(t)
 	k, err := fakekubelet.Start(sockDir)
 	require.NoError(t, err)
 	t.Cleanup(k.Stop)
@@ -134,9 +134,6 @@ func specDir(t testing.TB) string {
 	}
 	return filepath.Join(t.TempDir(), "cdi")
 }
-
-// shortTempDir is testenv.SocketDir.
-func shortTempDir(t testing.TB) string { return testenv.SocketDir(t) }
 
 // scannerOf reads a fake node.
 func scannerOf(n *fakenode.Node) *discovery.Scanner {

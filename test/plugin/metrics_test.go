@@ -28,6 +28,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 // serveMetrics serves m on a port the system picks and stops the server
@@ -290,7 +291,7 @@ func stopCLI(t *testing.T, cancel context.CancelFunc, done <-chan error, log fmt
 func TestTheCLIServesMetricsAndKeepsNFDLabelsUntilItStops(t *testing.T) {
 	node := fakenode.NewT(t)
 	node.MustApply(t, fakenode.Demo)
-	sockDir := shortTempDir(t)
+	sockDir := testenv.SocketDir(t)
 	k, err := fakekubelet.Start(sockDir)
 	require.NoError(t, err)
 	t.Cleanup(k.Stop)
@@ -343,7 +344,7 @@ func TestABadMetricsAddressStopsStartUpNamingTheFlag(t *testing.T) {
 			if tc.env != "" {
 				t.Setenv("INTEL_GPU_CDI_METRICS_ADDRESS", tc.env)
 			}
-			args := append([]string{"--kubelet-socket-dir", shortTempDir(t), "--cdi-spec-dir", t.TempDir()}, tc.args...)
+			args := append([]string{"--kubelet-socket-dir", testenv.SocketDir(t), "--cdi-spec-dir", t.TempDir()}, tc.args...)
 			done, log := runCLI(t, context.Background(), args...)
 			select {
 			case err := <-done:

@@ -14,6 +14,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/kubeplugin/nfd"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/plugintest"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 // header is the comment that opens the feature file.
@@ -167,7 +168,7 @@ func TestABadNFDFeaturesDirStopsStartUpNamingTheFlag(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			args := append([]string{"--kubelet-socket-dir", shortTempDir(t), "--cdi-spec-dir", t.TempDir()}, set(t)...)
+			args := append([]string{"--kubelet-socket-dir", testenv.SocketDir(t), "--cdi-spec-dir", t.TempDir()}, set(t)...)
 			done, log := runCLI(t, context.Background(), args...)
 			select {
 			case err := <-done:

@@ -51,7 +51,7 @@ func eventuallyProbe(t *testing.T, url string, code int, what string) string {
 func TestReadinessWaitsForTheKubeletAndLivenessForTheLoop(t *testing.T) {
 	node := fakenode.NewT(t)
 	node.MustApply(t, fakenode.IGPU)
-	sockDir := shortTempDir(t)
+	sockDir := testenv.SocketDir(t)
 	k, err := fakekubelet.Start(sockDir)
 	require.NoError(t, err)
 	t.Cleanup(k.Stop)
@@ -102,7 +102,7 @@ func TestLivenessFailsOnceTheMountedDevDRIIsDetached(t *testing.T) {
 		}
 	})
 	node.MustApply(t, fakenode.IGPU)
-	sockDir := shortTempDir(t)
+	sockDir := testenv.SocketDir(t)
 	k, err := fakekubelet.Start(sockDir)
 	require.NoError(t, err)
 	t.Cleanup(k.Stop)

@@ -21,6 +21,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/apiserver"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/drakubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 // BenchmarkDRAFootprint is BenchmarkFootprint for the DRA driver: the
@@ -51,7 +52,7 @@ func BenchmarkDRAFootprint(b *testing.B) {
 	}
 	node := fakenode.NewT(t)
 	node.MustApply(t, func(n *fakenode.Node) error { return fakenode.Many(n, footprintGPUs) })
-	root := shortTempDir(t)
+	root := testenv.SocketDir(t)
 	for _, d := range []string{"plugins_registry", "plugins", "device-plugins"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			t.Fatal(err)

@@ -259,7 +259,7 @@ func TestAPluginStartingOnAReadOnlySpecDirRegistersNothingUntilItCanWrite(t *tes
 // TestAServerThatCannotStartIsRetried blocks the plugin's socket path with
 // a directory: the server cannot start, and must start once it can.
 func TestAServerThatCannotStartIsRetried(t *testing.T) {
-	sockDir := shortTempDir(t)
+	sockDir := testenv.SocketDir(t)
 	block := filepath.Join(sockDir, socketOf(deviceplugin.ResourceI915))
 	if err := os.MkdirAll(filepath.Join(block, "in-the-way"), 0o755); err != nil {
 		t.Fatal(err)

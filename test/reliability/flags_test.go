@@ -14,6 +14,7 @@ import (
 
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/cmd/intel-gpu-cdi/app"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 // badFlags lists, for every flag of `intel-gpu-cdi plugin`, values that
@@ -108,7 +109,7 @@ func TestEveryFlagRejectsBadValuesAtStartUp(t *testing.T) {
 		for _, tr := range tries {
 			t.Run(tr.name, func(t *testing.T) {
 				specDir := filepath.Join(t.TempDir(), "cdi")
-				sockDir := shortTempDir(t)
+				sockDir := testenv.SocketDir(t)
 				args := []string{"intel-gpu-cdi", "plugin",
 					"--sysfs-root", n.Sys, "--dev-root", n.Dev,
 					"--kubelet-socket-dir", sockDir, "--cdi-spec-dir", specDir,
@@ -141,7 +142,7 @@ func TestEveryFlagRejectsBadValuesAtStartUp(t *testing.T) {
 
 	t.Run("--allow-ids and --deny-ids together", func(t *testing.T) {
 		err, _ := runApp(t, []string{"intel-gpu-cdi", "plugin", "--sysfs-root", n.Sys, "--dev-root", n.Dev,
-			"--kubelet-socket-dir", shortTempDir(t), "--cdi-spec-dir", t.TempDir(),
+			"--kubelet-socket-dir", testenv.SocketDir(t), "--cdi-spec-dir", t.TempDir(),
 			"--allow-ids", "0x56a0", "--deny-ids", "0x46a6"})
 		if err == nil || !strings.Contains(err.Error(), "--allow-ids") || !strings.Contains(err.Error(), "--deny-ids") {
 			t.Errorf("error %v does not name both flags", err)

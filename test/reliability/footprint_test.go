@@ -20,6 +20,7 @@ import (
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/bench"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakekubelet"
 	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/fakenode"
+	"github.com/intel-gpu-cdi/intel-gpu-cdi/test/testenv"
 )
 
 // The footprint of the real binary, a benchmark rather than a timed unit
@@ -181,7 +182,7 @@ func BenchmarkFootprint(b *testing.B) {
 	bin := buildBinary(t)
 	node := fakenode.NewT(t)
 	node.MustApply(t, func(n *fakenode.Node) error { return fakenode.Many(n, gpuCount) })
-	sockDir := shortTempDir(t)
+	sockDir := testenv.SocketDir(t)
 	k, err := fakekubelet.Start(sockDir)
 	if err != nil {
 		t.Fatal(err)

@@ -138,15 +138,12 @@ type rigConfig struct {
 	noStart  bool
 }
 
-// shortTempDir is testenv.SocketDir.
-func shortTempDir(t testing.TB) string { return testenv.SocketDir(t) }
-
 func newRig(t testing.TB, c rigConfig) *rig {
 	t.Helper()
 	node := fakenode.NewT(t)
 	node.MustApply(t, c.fixtures...)
 	if c.sockDir == "" {
-		c.sockDir = shortTempDir(t)
+		c.sockDir = testenv.SocketDir(t)
 	}
 	if c.specDir == "" {
 		c.specDir = filepath.Join(t.TempDir(), "cdi")
